@@ -1,0 +1,5 @@
+import sys
+
+from batos.cli import main
+
+sys.exit(main())

@@ -1,0 +1,366 @@
+"""`batos`: run the UVM, talk to it, and look after its image.
+
+Exit codes: 0 success; 1 the server or the doctor reported a failure; 2 bad usage or input;
+3 the image is locked by a live process; 4 the image cannot be opened (missing, newer schema,
+damaged); 5 no reply from the server in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import sys
+from typing import Any, Callable
+
+from batos import __version__
+from batos.client import BridgeTimeout, Client, RemoteError, default_endpoint
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_LOCKED, EXIT_IMAGE, EXIT_NO_REPLY = 0, 1, 2, 3, 4, 5
+HISTORY_FILE = os.path.expanduser(os.environ.get("BATOS_HISTORY", "~/.batos_history"))
+
+
+class UsageError(Exception):
+    """Bad input on the command line."""
+
+
+def parse_arg(text: str) -> Any:
+    """A JSON literal when ``text`` is one, else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_kwarg(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise UsageError(f"--kw takes NAME=VALUE with NAME an identifier, not {text!r}")
+    return name, parse_arg(value)
+
+
+def decode_source(text: str) -> str:
+    """Source typed on one line with ``\\n`` escapes becomes real lines; real lines stay."""
+    if "\n" not in text and "\\n" in text:
+        return text.replace("\\n", "\n").replace("\\t", "\t")
+    return text
+
+
+def show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+
+
+# --- client commands -------------------------------------------------------------------------
+
+def cmd_ping(client: Client, args) -> Any:
+    return client.ping()
+
+
+def cmd_stats(client: Client, args) -> Any:
+    return client.stats()
+
+
+def cmd_describe(client: Client, args) -> Any:
+    return client.describe(args.target)
+
+
+def cmd_get(client: Client, args) -> Any:
+    return client.get(args.target, args.slot)
+
+
+def cmd_set(client: Client, args) -> Any:
+    return client.set(args.target, args.slot, parse_arg(args.value))
+
+
+def cmd_define(client: Client, args) -> Any:
+    if (args.source is None) == (args.file is None):
+        raise UsageError("give the source either as an argument or with --file (use - for stdin)")
+    if args.file is not None:
+        with (sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")) as f:
+            source = f.read()
+    else:
+        source = decode_source(args.source)
+    return client.call("define", target=args.target, source=source, selector=args.selector)
+
+
+def cmd_send(client: Client, args) -> Any:
+    kwargs = dict(parse_kwarg(k) for k in args.kw)
+    return client.send(args.target, args.selector, *(parse_arg(a) for a in args.args), **kwargs)
+
+
+def cmd_pack(client: Client, args) -> Any:
+    return client.pack(args.days)
+
+
+# --- image commands --------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from batos.image.storage import ImageError, ImageLockedError
+    from batos.kernel.bridge import BridgeError
+    from batos.kernel.logs import configure
+    from batos.kernel.uvm import UVM, Settings
+
+    try:
+        settings = Settings.from_env(image=args.image, endpoint=args.endpoint, workers=args.workers,
+                                     log_file=args.log_file, method_budget=args.method_budget)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    configure(settings.log_file, args.log_level)
+
+    def ready(endpoint: str) -> None:
+        print(f"BatOS is listening on {endpoint}", flush=True)
+        print(f"try, in another terminal:  batos send genesis_obj describe --endpoint {endpoint}", flush=True)
+
+    try:
+        return asyncio.run(UVM(settings, on_ready=ready).run())
+    except ImageLockedError as exc:
+        print(f"batos: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except ImageError as exc:
+        print(f"batos: {exc}", file=sys.stderr)
+        return EXIT_IMAGE
+    except BridgeError as exc:
+        print(f"batos: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def cmd_doctor(args) -> int:
+    from batos.image.upkeep import doctor
+
+    report = doctor(args.image)
+    if args.json:
+        print(json.dumps({"clean": report.clean, "problems": report.problems, "notes": report.notes,
+                          "objects": report.objects, "blobs": report.blobs}, indent=2))
+    else:
+        print(f"{report.path}: {report.objects} reachable objects, {report.blobs} blobs")
+        for note in report.notes:
+            print(f"  note: {note}")
+        for problem in report.problems:
+            print(f"  PROBLEM: {problem}")
+        print("clean" if report.clean else f"{len(report.problems)} problem(s) found")
+    return EXIT_OK if report.clean else EXIT_FAILURE
+
+
+def cmd_backup(args) -> int:
+    from batos.image.upkeep import backup
+
+    print(show(backup(args.image, args.repository)))
+    return EXIT_OK
+
+
+def cmd_restore(args) -> int:
+    from batos.image.upkeep import restore
+
+    print(show(restore(args.repository, args.image, force=args.force)))
+    return EXIT_OK
+
+
+def cmd_pack_offline(args) -> int:
+    from batos.image.upkeep import pack
+
+    print(show(pack(args.image, args.days)))
+    return EXIT_OK
+
+
+def cmd_keys(args) -> int:
+    import zmq
+
+    public, secret = zmq.curve_keypair()
+    print(f"BATOS_CURVE_SECRET_KEY={secret.decode()}   # for `batos run`; keep it secret")
+    print(f"BATOS_CURVE_SERVER_KEY={public.decode()}   # for clients")
+    return EXIT_OK
+
+
+# --- the shell ---------------------------------------------------------------------------------
+
+SHELL_HELP = """Commands are the client commands of `batos` without the word batos:
+  describe genesis_obj           get genesis_obj counter        set genesis_obj counter 0
+  send genesis_obj increment     ping    stats    help    quit
+A line that starts with an object name is a send:  genesis_obj increment 1 "two"
+"""
+
+
+def cmd_shell(client: Client, args) -> int:
+    try:
+        import readline
+    except ImportError:  # pragma: no cover - not on this platform
+        readline = None
+    if readline is not None:
+        try:
+            readline.read_history_file(HISTORY_FILE)
+        except (FileNotFoundError, OSError):
+            pass
+    parser = build_parser()
+    print(f"BatOS shell on {client.endpoint}; 'help' for help, Ctrl-D to leave.")
+    try:
+        while True:
+            try:
+                line = input("batos> ").strip()
+            except EOFError:
+                print()
+                return EXIT_OK
+            except KeyboardInterrupt:
+                print()
+                continue
+            if not line:
+                continue
+            if line in ("quit", "exit"):
+                return EXIT_OK
+            if line in ("help", "?"):
+                print(SHELL_HELP)
+                continue
+            run_shell_line(parser, client, line)
+    finally:
+        if readline is not None:
+            try:
+                readline.write_history_file(HISTORY_FILE)
+            except OSError:
+                pass
+
+
+def run_shell_line(parser: argparse.ArgumentParser, client: Client, line: str) -> None:
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return
+    if words[0] not in CLIENT_COMMANDS:
+        words = ["send", *words]
+    if words[0] == "shell":
+        print("error: already in the shell")
+        return
+    try:
+        args = parser.parse_args(words)
+    except SystemExit:
+        return
+    try:
+        print(show(args.handler(client, args)))
+    except (RemoteError, BridgeTimeout, UsageError, OSError) as exc:
+        print(f"error: {exc}")
+
+
+# --- wiring -----------------------------------------------------------------------------------
+
+CLIENT_COMMANDS: dict[str, tuple[Callable, str]] = {
+    "ping": (cmd_ping, "check that the UVM answers"),
+    "stats": (cmd_stats, "figures about the running UVM and its image"),
+    "describe": (cmd_describe, "an object's oid, slots, parents and methods"),
+    "get": (cmd_get, "read a slot (looked up through parents)"),
+    "set": (cmd_set, "write a slot; VALUE is a JSON literal or else a string"),
+    "define": (cmd_define, "install a method from Python source"),
+    "send": (cmd_send, "send a message; each ARG is a JSON literal or else a string"),
+    "pack": (cmd_pack, "pack the running UVM's image (or, with --image, an image nobody serves)"),
+    "shell": (cmd_shell, "interactive client with history"),
+}
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", default=None, help=f"UVM endpoint (default $BATOS_ENDPOINT or {default_endpoint()})")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default 30)")
+    parser.add_argument("--json", action="store_true", help="print the whole reply as one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batos", description="BatOS: a persistent, self-extending object system.",
+        epilog="Exit codes: 0 ok, 1 failure reported, 2 usage, 3 image locked, 4 image unusable, 5 no reply.",
+    )
+    parser.add_argument("--version", action="version", version=f"batos {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="start the UVM on an image and serve it",
+                              description="Serve the image until SIGINT/SIGTERM; exit 0 after a clean stop.")
+    run.add_argument("--image", default=None, help="storage URI or path (default $BATOS_IMAGE or file://live_image.fs)")
+    run.add_argument("--endpoint", default=None, help="bind address (default $BATOS_ENDPOINT or tcp://127.0.0.1:5555)")
+    run.add_argument("--workers", type=int, default=None, help="worker threads (default 4)")
+    run.add_argument("--method-budget", type=float, default=None, help="seconds a method may run (default 10)")
+    run.add_argument("--log-file", default=None, help="JSON-lines log (default logs/batos.jsonl; '' for none)")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(image_handler=cmd_run)
+
+    for name, (handler, summary) in CLIENT_COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=summary)
+        _client_options(sub)
+        sub.set_defaults(handler=handler)
+        if name in ("describe", "get", "set", "define", "send"):
+            sub.add_argument("target", metavar="TARGET", help="root name (genesis_obj) or oid (0x2)")
+        if name in ("get", "set"):
+            sub.add_argument("slot", metavar="SLOT")
+        if name == "set":
+            sub.add_argument("value", metavar="VALUE")
+        if name == "define":
+            sub.add_argument("selector", metavar="SELECTOR", help="the method's name; must match the def")
+            sub.add_argument("source", metavar="SOURCE", nargs="?", help="the source; \\n escapes become newlines")
+            sub.add_argument("--file", help="read the source from this file (- for stdin)")
+        if name == "send":
+            sub.add_argument("selector", metavar="SELECTOR")
+            sub.add_argument("args", metavar="ARG", nargs="*")
+            sub.add_argument("--kw", action="append", default=[], metavar="NAME=VALUE", help="a keyword argument (repeatable)")
+        if name == "pack":
+            sub.add_argument("--days", type=float, default=0, help="keep history younger than this many days")
+            sub.add_argument("--image", default=None, help="pack this image directly (no UVM may be serving it)")
+
+    doctor = commands.add_parser("doctor", help="check an image's integrity and lock (read-only)",
+                                 description="Check structure (fstest), references, blobs, schema and lock; exit 1 on problems.")
+    doctor.add_argument("--image", default=None)
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(image_handler=cmd_doctor)
+
+    backup = commands.add_parser("backup", help="back up an image with repozo (works while it is served)")
+    backup.add_argument("repository", metavar="REPOSITORY", help="folder holding the backups")
+    backup.add_argument("--image", default=None)
+    backup.set_defaults(image_handler=cmd_backup)
+
+    restore = commands.add_parser("restore", help="write the newest backup to an image file")
+    restore.add_argument("repository", metavar="REPOSITORY")
+    restore.add_argument("--image", default=None, help="image to write (default file://live_image.fs)")
+    restore.add_argument("--force", action="store_true", help="replace an existing image")
+    restore.set_defaults(image_handler=cmd_restore)
+
+    keys = commands.add_parser("keys", help="make a CURVE key pair for a non-loopback endpoint")
+    keys.set_defaults(image_handler=cmd_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from batos.image.storage import ImageError, ImageLockedError
+
+    try:
+        if args.command == "pack" and args.image:
+            return cmd_pack_offline(args)
+        if hasattr(args, "image_handler"):
+            return args.image_handler(args)
+        with Client(args.endpoint, timeout=args.timeout) as client:
+            result = args.handler(client, args)
+            if args.command == "shell":
+                return result
+            print(json.dumps(client.last_reply, ensure_ascii=False) if args.json else show(result))
+            return EXIT_OK
+    except UsageError as exc:
+        print(f"batos: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RemoteError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "error": {"code": exc.code, "message": exc.message}}))
+        else:
+            print(f"batos: error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BridgeTimeout as exc:
+        print(f"batos: {exc}", file=sys.stderr)
+        return EXIT_NO_REPLY
+    except ImageLockedError as exc:
+        print(f"batos: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except ImageError as exc:
+        print(f"batos: {exc}", file=sys.stderr)
+        return EXIT_IMAGE
+    except OSError as exc:
+        print(f"batos: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

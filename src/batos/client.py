@@ -1,0 +1,213 @@
+"""Clients of the Synaptic Bridge: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio).
+
+Every call returns the reply's ``result``. An error reply raises :class:`RemoteError` carrying the
+server's code and message; no reply in time raises :class:`BridgeTimeout`. A client is not shared
+between threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import os
+import uuid
+from typing import Any, Callable
+
+import ormsgpack
+import zmq
+import zmq.asyncio
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_TIMEOUT = 30.0
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+
+class RemoteError(Exception):
+    """The server answered with an error."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+class BridgeTimeout(TimeoutError):
+    """No reply arrived in time (the server may be down, busy, or unreachable)."""
+
+
+def default_endpoint() -> str:
+    return os.environ.get("BATOS_ENDPOINT", DEFAULT_ENDPOINT)
+
+
+class _Calls:
+    """Request building and reply reading shared by both clients."""
+
+    def __init__(self, endpoint: str | None, timeout: float, server_key: str | None):
+        self.endpoint = endpoint or default_endpoint()
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.timeout = timeout
+        self.server_key = server_key or os.environ.get("BATOS_CURVE_SERVER_KEY")
+        self.last_reply: dict[str, Any] | None = None
+        self._ids = (f"{uuid.uuid4().hex[:8]}-{n}" for n in itertools.count(1))
+
+    def _configure(self, sock: zmq.Socket) -> None:
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.server_key:
+            public, secret = zmq.curve_keypair()
+            sock.curve_serverkey = self.server_key.encode()
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+        sock.connect(self.endpoint)
+
+    def _request(self, op: str, fields: dict[str, Any]) -> tuple[str, bytes]:
+        request_id = next(self._ids)
+        return request_id, ormsgpack.packb({"id": request_id, "op": op, **fields})
+
+    def _read(self, frames: list[bytes], request_id: str, on_event: EventCallback | None) -> tuple[bool, Any]:
+        """(done, result) for one received message; stale replies and events give (False, None)."""
+        message = ormsgpack.unpackb(frames[-1])
+        if not isinstance(message, dict) or message.get("id") != request_id:
+            return False, None
+        if "event" in message:
+            if on_event is not None:
+                on_event(message["event"])
+            return False, None
+        self.last_reply = message
+        if message.get("ok"):
+            return True, message.get("result")
+        error = message.get("error") or {}
+        raise RemoteError(error.get("code", "unknown"), error.get("message", ""))
+
+    def _timed_out(self, op: str, timeout: float) -> BridgeTimeout:
+        return BridgeTimeout(f"no reply to {op!r} from {self.endpoint} within {timeout:g} s; is `batos run` up?")
+
+
+def _send_fields(target: str, selector: str, args: tuple, kwargs: dict) -> dict[str, Any]:
+    fields: dict[str, Any] = {"target": target, "selector": selector}
+    if args:
+        fields["args"] = list(args)
+    if kwargs:
+        fields["kwargs"] = kwargs
+    return fields
+
+
+class Client(_Calls):
+    """Blocking client: ``Client(endpoint, timeout=...)``."""
+
+    def __init__(self, endpoint: str | None = None, timeout: float = DEFAULT_TIMEOUT, server_key: str | None = None):
+        super().__init__(endpoint, timeout, server_key)
+        self._context = zmq.Context.instance()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._configure(self._socket)
+
+    def call(self, op: str, on_event: EventCallback | None = None, timeout: float | None = None, **fields: Any) -> Any:
+        """Send one request and wait for its reply (events go to ``on_event``)."""
+        timeout = self.timeout if timeout is None else timeout
+        request_id, payload = self._request(op, fields)
+        self._socket.send(payload)
+        deadline_ms = timeout * 1000
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        started = time.monotonic()
+        while True:
+            left = deadline_ms - (time.monotonic() - started) * 1000
+            if left <= 0 or not poller.poll(left):
+                raise self._timed_out(op, timeout)
+            done, result = self._read(self._socket.recv_multipart(), request_id, on_event)
+            if done:
+                return result
+
+    def ping(self) -> dict:
+        return self.call("ping")
+
+    def stats(self) -> dict:
+        return self.call("stats")
+
+    def describe(self, target: str) -> dict:
+        return self.call("describe", target=target)
+
+    def get(self, target: str, slot: str) -> Any:
+        return self.call("get", target=target, slot=slot)
+
+    def set(self, target: str, slot: str, value: Any) -> Any:
+        return self.call("set", target=target, slot=slot, value=value)
+
+    def define(self, target: str, source: str) -> dict:
+        return self.call("define", target=target, source=source)
+
+    def send(self, target: str, selector: str, *args: Any, **kwargs: Any) -> Any:
+        return self.call("send", **_send_fields(target, selector, args, kwargs))
+
+    def pack(self, days: float = 0) -> dict:
+        return self.call("pack", days=days)
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AsyncClient(_Calls):
+    """asyncio client with the same calls as :class:`Client`, as coroutines."""
+
+    def __init__(self, endpoint: str | None = None, timeout: float = DEFAULT_TIMEOUT, server_key: str | None = None):
+        super().__init__(endpoint, timeout, server_key)
+        self._context = zmq.asyncio.Context.instance()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._configure(self._socket)
+
+    async def call(self, op: str, on_event: EventCallback | None = None, timeout: float | None = None, **fields: Any) -> Any:
+        timeout = self.timeout if timeout is None else timeout
+        request_id, payload = self._request(op, fields)
+        await self._socket.send(payload)
+
+        async def reply() -> Any:
+            while True:
+                done, result = self._read(await self._socket.recv_multipart(), request_id, on_event)
+                if done:
+                    return result
+
+        try:
+            return await asyncio.wait_for(reply(), timeout)
+        except asyncio.TimeoutError:
+            raise self._timed_out(op, timeout) from None
+
+    async def ping(self) -> dict:
+        return await self.call("ping")
+
+    async def stats(self) -> dict:
+        return await self.call("stats")
+
+    async def describe(self, target: str) -> dict:
+        return await self.call("describe", target=target)
+
+    async def get(self, target: str, slot: str) -> Any:
+        return await self.call("get", target=target, slot=slot)
+
+    async def set(self, target: str, slot: str, value: Any) -> Any:
+        return await self.call("set", target=target, slot=slot, value=value)
+
+    async def define(self, target: str, source: str) -> dict:
+        return await self.call("define", target=target, source=source)
+
+    async def send(self, target: str, selector: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.call("send", **_send_fields(target, selector, args, kwargs))
+
+    async def pack(self, days: float = 0) -> dict:
+        return await self.call("pack", days=days)
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()

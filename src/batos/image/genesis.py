@@ -1,0 +1,116 @@
+"""Genesis, migrations, and opening an image ready for use."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import transaction
+import ZODB
+from BTrees.OOBTree import OOBTree
+from zope.interface import implementer
+
+from batos.image.interfaces import IImage
+from batos.image.objects import Method, UvmObject
+from batos.image.storage import ImageError, normalize_uri, open_database
+
+log = logging.getLogger(__name__)
+
+SCHEMA_KEY = "batos_schema"
+SCHEMA_VERSION = 1
+
+PERSONAS = ("brick", "robin", "babs", "alfred")
+PLAIN_ROOT_OBJECTS = (
+    "pLLM_obj", "memory_manager_obj", "knowledge_catalog_obj", "psm_prototypes_obj",
+    "orchestrator_obj", *(f"{p}_prototype_obj" for p in PERSONAS),
+)
+TRAIT_PRIMITIVES = {"clone": "clone", "describe": "describe", "_doesNotUnderstand_": "doesNotUnderstand"}
+
+Migration = Callable[[dict], None]
+# MIGRATIONS[n] turns a schema-n root into a schema-(n+1) root, in one transaction.
+MIGRATIONS: dict[int, Migration] = {}
+
+
+class SchemaTooNewError(ImageError):
+    """The image was written by a newer BatOS."""
+
+
+def genesis(root) -> None:
+    """Create the primordial objects in ``root`` (the caller commits)."""
+    traits = UvmObject(name="traits", description="Behaviour every object inherits.")
+    for selector, primitive in TRAIT_PRIMITIVES.items():
+        traits._slots[selector] = Method(selector, origin="primitive", primitive=primitive)
+    root["traits_obj"] = traits
+    root["genesis_obj"] = UvmObject(
+        parents=[traits], name="genesis",
+        description="The first object: clone it to make new ones.",
+    )
+    for key in PLAIN_ROOT_OBJECTS:
+        root[key] = UvmObject(parents=[traits], name=key.removesuffix("_obj"))
+    root["active_cycles"] = OOBTree()
+    root[SCHEMA_KEY] = SCHEMA_VERSION
+
+
+def migrate(root) -> list[int]:
+    """Bring ``root`` to SCHEMA_VERSION; return the versions migrated from (caller commits)."""
+    version = root[SCHEMA_KEY]
+    if not isinstance(version, int):
+        raise ImageError(f"the image's schema version {version!r} is not a number")
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNewError(
+            f"the image has schema version {version}, newer than this BatOS understands "
+            f"({SCHEMA_VERSION}); upgrade BatOS to open it (nothing was changed)"
+        )
+    done = []
+    while version < SCHEMA_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise ImageError(f"no migration from schema version {version}")
+        step(root)
+        done.append(version)
+        version += 1
+        root[SCHEMA_KEY] = version
+    return done
+
+
+@implementer(IImage)
+class Image:
+    """An opened Living Image (see IImage)."""
+
+    def __init__(self, db: ZODB.DB, uri: str):
+        self.db = db
+        self.uri = uri
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def prepare(db: ZODB.DB) -> str:
+    """Run genesis or migrations as needed, each in one committed transaction: what was done."""
+    manager = transaction.TransactionManager(explicit=True)
+    conn = db.open(transaction_manager=manager)
+    try:
+        with manager:
+            root = conn.root()
+            if SCHEMA_KEY not in root:
+                genesis(root)
+                outcome = "genesis"
+            else:
+                migrated = migrate(root)
+                outcome = f"migrated from {migrated}" if migrated else "resumed"
+        return outcome
+    finally:
+        conn.close()
+
+
+def open_image(uri: str | None = None, **db_kw) -> Image:
+    """Open (creating if needed) the image at ``uri`` and make it ready for use."""
+    target = normalize_uri(uri)
+    db = open_database(target.uri, **db_kw)
+    try:
+        outcome = prepare(db)
+    except BaseException:
+        db.close()
+        raise
+    log.info("image %s: %s", target.file_path or target.uri, outcome)
+    return Image(db, target.uri)

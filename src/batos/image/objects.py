@@ -1,0 +1,273 @@
+"""UvmObject and Method: the only two kinds of object the image is made of."""
+
+from __future__ import annotations
+
+import ast
+import time
+from typing import Any, Iterator
+
+import persistent
+from persistent.list import PersistentList
+from persistent.mapping import PersistentMapping
+from zope.interface import implementer
+
+from batos.image import primitives
+from batos.image.interfaces import IMethod, IUvmObject
+
+PARENT_SLOT = "parent*"
+ORIGINS = ("architect", "synthesized", "primitive")
+METHOD_FILENAME_PREFIX = "<batos-method "
+
+
+class MethodSourceError(ValueError):
+    """Source text that is not exactly one function definition of the expected name."""
+
+
+def persistent_copy(value: Any) -> Any:
+    """Return ``value`` with plain lists and dicts (at any depth) turned into persistent ones.
+
+    Persistent containers already in ``value`` are kept as they are.
+    """
+    if isinstance(value, (PersistentList, PersistentMapping)):
+        return value
+    if isinstance(value, list):
+        return PersistentList(persistent_copy(v) for v in value)
+    if isinstance(value, dict):
+        return PersistentMapping({k: persistent_copy(v) for k, v in value.items()})
+    return value
+
+
+def _fresh_containers(value: Any) -> Any:
+    """Copy containers recursively so a clone never shares a list or dict with its original."""
+    if isinstance(value, (list, PersistentList)):
+        return PersistentList(_fresh_containers(v) for v in value)
+    if isinstance(value, (dict, PersistentMapping)):
+        return PersistentMapping({k: _fresh_containers(v) for k, v in value.items()})
+    return value
+
+
+@implementer(IUvmObject)
+class UvmObject(persistent.Persistent):
+    """A prototype object: slots in a PersistentMapping, delegation through ``parent*``."""
+
+    def __init__(self, parents: list[UvmObject] | None = None, **slots: Any):
+        self._slots = PersistentMapping()
+        if parents:
+            self._slots[PARENT_SLOT] = PersistentList(parents)
+        for name, value in slots.items():
+            self._slots[name] = persistent_copy(value)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when ordinary lookup fails. Private names never delegate: unpickling and
+        # copy protocols probe for them before _slots exists.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        found, holder = lookup(self, name)
+        if holder is None:
+            raise AttributeError(f"{describe_short(self)} does not understand {name!r}")
+        if isinstance(found, Method):
+            return BoundMethod(found, self)
+        return found
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._p_setattr(name, value):
+            return
+        if name.startswith("_"):
+            super().__setattr__(name, value)
+            return
+        self._slots[name] = persistent_copy(value)
+        self._p_changed = True
+
+    def __delattr__(self, name: str) -> None:
+        if self._p_delattr(name):
+            return
+        if name.startswith("_"):
+            super().__delattr__(name)
+            return
+        try:
+            del self._slots[name]
+        except KeyError:
+            raise AttributeError(f"{describe_short(self)} has no slot {name!r}") from None
+        self._p_changed = True
+
+    def __repr__(self) -> str:
+        return f"<UvmObject {describe_short(self)}>"
+
+    def clone(self, deep: bool = False) -> UvmObject:
+        """See IUvmObject.clone."""
+        return clone_object(self, deep=deep, _seen={})
+
+
+def parents_of(obj: UvmObject) -> list[UvmObject]:
+    """The objects in ``obj``'s ``parent*`` slot that are UvmObjects, in order."""
+    parents = obj._slots.get(PARENT_SLOT, ())
+    if isinstance(parents, UvmObject):
+        return [parents]
+    return [p for p in parents if isinstance(p, UvmObject)]
+
+
+def delegation_chain(obj: UvmObject) -> Iterator[UvmObject]:
+    """``obj`` then every ancestor, depth first, each once (cycles in ``parent*`` are cut)."""
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack.extend(reversed(parents_of(current)))
+
+
+_MISSING = object()
+
+
+def lookup(obj: UvmObject, name: str) -> tuple[Any, UvmObject | None]:
+    """Find slot ``name`` along the delegation chain: ``(value, holder)``, holder None if absent."""
+    for holder in delegation_chain(obj):
+        value = holder._slots.get(name, _MISSING)
+        if value is not _MISSING:
+            return value, holder
+    return None, None
+
+
+def oid_text(obj: persistent.Persistent) -> str | None:
+    """The object's oid as ``0x..`` text, or None before it is first committed or added."""
+    oid = obj._p_oid
+    if oid is None:
+        return None
+    return hex(int.from_bytes(oid, "big"))
+
+
+def describe_short(obj: UvmObject) -> str:
+    try:
+        name = obj._slots.get("name")
+    except AttributeError:
+        name = None
+    oid = oid_text(obj) or "new"
+    return f"{name} ({oid})" if isinstance(name, str) else oid
+
+
+def clone_object(obj: UvmObject, deep: bool, _seen: dict[int, UvmObject]) -> UvmObject:
+    copy = UvmObject()
+    _seen[id(obj)] = copy
+    for name, value in obj._slots.items():
+        if name == PARENT_SLOT:
+            copy._slots[name] = PersistentList(value) if not isinstance(value, UvmObject) else value
+        elif deep and isinstance(value, UvmObject):
+            copy._slots[name] = _seen.get(id(value)) or clone_object(value, True, _seen)
+        else:
+            copy._slots[name] = _fresh_containers(value)
+    return copy
+
+
+def function_name_of(source: str) -> str:
+    """The name of the single top-level function in ``source``; MethodSourceError otherwise."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise MethodSourceError(f"source does not parse: {exc.msg} (line {exc.lineno})") from exc
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    others = [n for n in tree.body if not isinstance(n, ast.FunctionDef)]
+    if len(functions) != 1 or others:
+        raise MethodSourceError("source must be exactly one top-level 'def' and nothing else")
+    function = functions[0]
+    if not function.args.args and not function.args.posonlyargs:
+        raise MethodSourceError(f"{function.name}() must take the receiver as its first parameter")
+    return function.name
+
+
+@implementer(IMethod)
+class Method(persistent.Persistent):
+    """Behaviour stored as source text (or as the name of a primitive)."""
+
+    def __init__(
+        self,
+        selector: str,
+        source: str = "",
+        origin: str = "architect",
+        primitive: str | None = None,
+        persona: str | None = None,
+        cycle: str | None = None,
+        history: list[dict] | None = None,
+    ):
+        if origin not in ORIGINS:
+            raise ValueError(f"origin must be one of {ORIGINS}, not {origin!r}")
+        if origin == "primitive":
+            if not primitive:
+                raise ValueError("a primitive Method needs the primitive's registry name")
+        else:
+            name = function_name_of(source)
+            if name != selector:
+                raise MethodSourceError(f"the function is named {name!r}, not {selector!r}")
+        self.selector = selector
+        self.source = source
+        self.origin = origin
+        self.primitive = primitive
+        self.persona = persona
+        self.cycle = cycle
+        self.installed_at = time.time()
+        self.history = PersistentList(history or [])
+
+    @property
+    def version(self) -> int:
+        """1 for the first version of a selector, counting up with each reinstall."""
+        return len(self.history) + 1
+
+    def record(self) -> dict:
+        """This version as a plain dict, as kept in a successor's history."""
+        return {
+            "version": self.version,
+            "source": self.source,
+            "origin": self.origin,
+            "primitive": self.primitive,
+            "persona": self.persona,
+            "cycle": self.cycle,
+            "installed_at": self.installed_at,
+        }
+
+    def successor(self, source: str, origin: str = "architect", **provenance: Any) -> Method:
+        """A new Method for the same selector whose history ends with this version."""
+        return Method(
+            self.selector, source, origin,
+            history=list(self.history) + [self.record()], **provenance,
+        )
+
+    def function(self):
+        """The callable this Method stands for, compiled once per process and cached."""
+        cached = getattr(self, "_v_function", None)
+        if cached is not None and getattr(self, "_v_compiled_source", None) == self.source:
+            return cached
+        if self.origin == "primitive":
+            fn = primitives.get(self.primitive)
+        else:
+            fn = compile_function(self.selector, self.source, oid_text(self))
+        self._v_function = fn
+        self._v_compiled_source = self.source
+        return fn
+
+    def __repr__(self) -> str:
+        return f"<Method {self.selector} v{self.version} ({self.origin})>"
+
+
+def compile_function(selector: str, source: str, where: str | None):
+    filename = f"{METHOD_FILENAME_PREFIX}{selector} {where or 'new'}>"
+    namespace: dict[str, Any] = {"__name__": "batos.methods"}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace[selector]
+
+
+class BoundMethod:
+    """A Method paired with its receiver at run time; never stored."""
+
+    __slots__ = ("method", "receiver")
+
+    def __init__(self, method: Method, receiver: UvmObject):
+        self.method = method
+        self.receiver = receiver
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.method.function()(self.receiver, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<bound {self.method!r} of {self.receiver!r}>"

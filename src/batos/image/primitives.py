@@ -1,0 +1,41 @@
+"""The primitives registry: kernel behaviours written in Python, named from the image.
+
+The image stores a primitive as a Method whose ``primitive`` attribute is a registry name, never
+as a function object; this module maps names to functions in the running process. A primitive
+takes the receiver first, like every method.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+Primitive = Callable[..., Any]
+
+_registry: dict[str, Primitive] = {}
+
+
+class UnknownPrimitiveError(LookupError):
+    """The image names a primitive this process does not provide."""
+
+
+def register(name: str) -> Callable[[Primitive], Primitive]:
+    """Decorator: make ``fn`` the primitive called ``name`` (re-registering replaces it)."""
+
+    def decorate(fn: Primitive) -> Primitive:
+        _registry[name] = fn
+        return fn
+
+    return decorate
+
+
+def get(name: str) -> Primitive:
+    try:
+        return _registry[name]
+    except KeyError:
+        raise UnknownPrimitiveError(
+            f"the image refers to primitive {name!r}, which this version of BatOS does not provide"
+        ) from None
+
+
+def names() -> list[str]:
+    return sorted(_registry)

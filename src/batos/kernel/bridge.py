@@ -1,0 +1,155 @@
+"""The Synaptic Bridge: a ZeroMQ ROUTER socket speaking the protocol in batos.kernel.protocol.
+
+Each incoming message is ``envelope + [payload]``: every frame but the last is the envelope (the
+peer's identity and, from REQ peers, the empty delimiter) and goes back unchanged with the reply.
+Replies to peers that have gone away are dropped and logged (ROUTER_MANDATORY makes that visible).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from ipaddress import ip_address
+from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
+
+import zmq
+import zmq.asyncio
+
+from batos.kernel import protocol
+from batos.kernel.protocol import Code, ProtocolError, Request
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[Request, Emit], Awaitable[dict[str, Any]]]
+
+
+class BridgeError(Exception):
+    """The bridge cannot start as configured."""
+
+
+def is_local_endpoint(endpoint: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// endpoints bound to a loopback address."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        return False
+    host = urlsplit(f"//{rest}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Bridge:
+    """Receives requests, runs ``handler`` for each concurrently, sends back the replies."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        handler: Handler,
+        max_message_size: int = protocol.MAX_MESSAGE_SIZE,
+        max_in_flight: int = 1024,
+        curve_secret_key: str | None = None,
+    ):
+        self.endpoint = endpoint
+        self.handler = handler
+        self.max_message_size = max_message_size
+        self.max_in_flight = max_in_flight
+        self.curve_secret_key = curve_secret_key
+        self.context: zmq.asyncio.Context | None = None
+        self.socket: zmq.asyncio.Socket | None = None
+        self.in_flight: set[asyncio.Task] = set()
+        self.dropped_replies = 0
+        self.bound_endpoint: str | None = None
+
+    def bind(self) -> None:
+        if not is_local_endpoint(self.endpoint) and not self.curve_secret_key:
+            raise BridgeError(
+                f"{self.endpoint} is not a loopback address: binding it needs CURVE encryption "
+                f"(set BATOS_CURVE_SECRET_KEY; `batos keys` makes a key pair)"
+            )
+        self.context = zmq.asyncio.Context()
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
+        sock.setsockopt(zmq.LINGER, 1000)
+        if self.curve_secret_key:
+            sock.curve_server = True
+            sock.curve_secretkey = self.curve_secret_key.encode()
+        self.socket = sock
+        try:
+            sock.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            raise BridgeError(f"cannot bind {self.endpoint}: {exc}") from exc
+        self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    async def serve(self) -> None:
+        """Receive until cancelled."""
+        assert self.socket is not None, "bind() first"
+        while True:
+            parts = await self.socket.recv_multipart(copy=True)
+            self._accept(parts)
+
+    def _accept(self, parts: list[bytes]) -> None:
+        if len(parts) > protocol.MAX_FRAMES:
+            self._spawn(self._send(parts[:1], protocol.error_reply(
+                None, Code.BAD_REQUEST, f"too many frames ({len(parts)}); send one payload frame")))
+            return
+        envelope, payload = parts[:-1], parts[-1]
+        try:
+            request = protocol.decode(payload)
+        except ProtocolError as exc:
+            reply = protocol.error_reply(protocol.request_id_of(payload), exc.code, exc.message)
+            self._spawn(self._send(envelope, reply))
+            return
+        if len(self.in_flight) >= self.max_in_flight:
+            reply = protocol.error_reply(request.id, Code.BUSY, "too many requests in flight; retry shortly")
+            self._spawn(self._send(envelope, reply))
+            return
+        self._spawn(self._respond(envelope, request))
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
+    async def _respond(self, envelope: list[bytes], request: Request) -> None:
+        async def emit(event: dict[str, Any]) -> None:
+            await self._send(envelope, protocol.event_frame(request.id, event))
+
+        reply = await self.handler(request, emit)
+        await self._send(envelope, reply)
+
+    async def _send(self, envelope: list[bytes], message: dict[str, Any]) -> None:
+        try:
+            payload = protocol.encode(message)
+        except (TypeError, ValueError) as exc:
+            log.error("reply to %s could not be encoded: %s", message.get("id"), exc)
+            payload = protocol.encode(protocol.error_reply(
+                message.get("id"), Code.INTERNAL, f"the result could not be encoded: {exc}"))
+        try:
+            await self.socket.send_multipart(envelope + [payload])
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self.dropped_replies += 1
+            log.warning("reply %s dropped: its peer has disconnected", message.get("id"))
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for in-flight requests; return how many were still running."""
+        pending = set(self.in_flight)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        return len(pending)
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+        if self.context is not None:
+            self.context.term()

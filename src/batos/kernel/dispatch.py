@@ -1,0 +1,153 @@
+"""Dispatch: what each op does to the image, run inside one worker transaction.
+
+``send`` is the heart: target -> lookup along ``parent*`` -> call the Method with a time budget;
+a selector found nowhere goes to the receiver's ``_doesNotUnderstand_``. Results leave as plain
+data (see batos.image.values). Any error raised here is a ProtocolError with its code, and the
+worker aborts the transaction, so a failed request writes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from typing import Any
+
+import persistent
+from ZODB.POSException import POSKeyError
+from transaction.interfaces import TransientError
+
+from batos.image.objects import (
+    METHOD_FILENAME_PREFIX, Method, MethodSourceError, UvmObject, compile_function,
+    function_name_of, lookup, oid_text,
+)
+from batos.image.traits import NotUnderstood, describe
+from batos.image.values import from_plain, to_plain
+from batos.kernel.budget import MethodTimeout, call_with_budget
+from batos.kernel.protocol import Code, ProtocolError
+
+OID_TEXT = re.compile(r"^0x[0-9a-fA-F]{1,16}$")
+
+
+def resolve_target(root, target: str) -> UvmObject:
+    """The object a request names: a root name, or an oid written ``0x..``."""
+    if OID_TEXT.match(target):
+        try:
+            obj = root._p_jar.get(int(target, 16).to_bytes(8, "big"))
+        except POSKeyError:
+            raise ProtocolError(Code.NOT_FOUND, f"no object has oid {target}") from None
+    else:
+        obj = root.get(target)
+        if obj is None:
+            names = ", ".join(sorted(k for k, v in root.items() if isinstance(v, UvmObject)))
+            raise ProtocolError(Code.NOT_FOUND, f"no root object named {target!r} (root objects: {names})")
+    if not isinstance(obj, UvmObject):
+        raise ProtocolError(Code.NOT_FOUND, f"{target} is not a UvmObject")
+    return obj
+
+
+def _check_slot_name(name: str) -> None:
+    if name.startswith("_"):
+        raise ProtocolError(Code.BAD_REQUEST, f"slot names may not begin with '_' ({name!r})")
+
+
+def _incoming(root, value: Any) -> Any:
+    return from_plain(value, lambda oid: resolve_target(root, oid))
+
+
+def _adopt_new_objects(root, value: Any) -> None:
+    """Give oids to new UvmObjects in a result, so the reply can name them."""
+    if isinstance(value, persistent.Persistent):
+        if value._p_jar is None and isinstance(value, UvmObject):
+            root._p_jar.add(value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _adopt_new_objects(root, item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _adopt_new_objects(root, item)
+
+
+def _method_error(exc: BaseException) -> ProtocolError:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(METHOD_FILENAME_PREFIX)]
+    where = ""
+    if frames:
+        last = frames[-1]
+        where = f" (line {last.lineno} of {last.name})"
+    return ProtocolError(Code.METHOD_ERROR, f"{type(exc).__name__}: {exc}{where}")
+
+
+def invoke(method: Method, receiver: UvmObject, args: list, kwargs: dict, budget: float) -> Any:
+    """Call ``method`` on ``receiver`` under a time budget, mapping failures to error codes."""
+    try:
+        fn = method.function()
+    except SyntaxError as exc:
+        raise ProtocolError(Code.INVALID_SOURCE, f"stored method {method.selector!r} does not compile: {exc}") from None
+    try:
+        return call_with_budget(fn, budget, receiver, *args, **kwargs)
+    except (ProtocolError, TransientError):
+        raise
+    except NotUnderstood as exc:
+        raise ProtocolError(Code.NOT_UNDERSTOOD, str(exc)) from None
+    except MethodTimeout as exc:
+        raise ProtocolError(Code.TIMEOUT, f"{method.selector}: {exc}; nothing was written") from None
+    except Exception as exc:
+        raise _method_error(exc) from None
+
+
+class Dispatcher:
+    """Maps each op to a function of the root, run by a worker inside one transaction."""
+
+    def __init__(self, method_budget: float = 10.0):
+        self.method_budget = method_budget
+
+    def op_describe(self, root, fields: dict) -> Any:
+        return describe(resolve_target(root, fields["target"]))
+
+    def op_get(self, root, fields: dict) -> Any:
+        receiver = resolve_target(root, fields["target"])
+        value, holder = lookup(receiver, fields["slot"])
+        if holder is None:
+            raise ProtocolError(Code.NOT_FOUND, f"{receiver!r} has no slot {fields['slot']!r}")
+        return to_plain(value)
+
+    def op_set(self, root, fields: dict) -> Any:
+        receiver = resolve_target(root, fields["target"])
+        _check_slot_name(fields["slot"])
+        setattr(receiver, fields["slot"], _incoming(root, fields["value"]))
+        return to_plain(receiver._slots[fields["slot"]])
+
+    def op_define(self, root, fields: dict) -> Any:
+        receiver = resolve_target(root, fields["target"])
+        source = fields["source"]
+        try:
+            selector = function_name_of(source)
+            if fields.get("selector", selector) != selector:
+                raise MethodSourceError(f"the source defines {selector!r}, not {fields['selector']!r}")
+            _check_slot_name(selector)
+            compile_function(selector, source, oid_text(receiver))
+        except (MethodSourceError, SyntaxError) as exc:
+            raise ProtocolError(Code.INVALID_SOURCE, str(exc)) from None
+        current = receiver._slots.get(selector)
+        method = current.successor(source) if isinstance(current, Method) else Method(selector, source)
+        setattr(receiver, selector, method)
+        return {"target": oid_text(receiver), "selector": selector, "version": method.version}
+
+    def op_send(self, root, fields: dict) -> Any:
+        receiver = resolve_target(root, fields["target"])
+        selector = fields["selector"]
+        args = _incoming(root, fields.get("args", []))
+        kwargs = _incoming(root, fields.get("kwargs", {}))
+        value, holder = lookup(receiver, selector)
+        if holder is None:
+            fallback, _ = lookup(receiver, "_doesNotUnderstand_")
+            if not isinstance(fallback, Method):
+                raise ProtocolError(Code.NOT_UNDERSTOOD, f"{receiver!r} does not understand {selector!r}")
+            result = invoke(fallback, receiver, [selector, *args], kwargs, self.method_budget)
+        elif isinstance(value, Method):
+            result = invoke(value, receiver, args, kwargs, self.method_budget)
+        elif args or kwargs:
+            raise ProtocolError(Code.BAD_REQUEST, f"slot {selector!r} holds data, not a method; it takes no arguments")
+        else:
+            result = value
+        _adopt_new_objects(root, result)
+        return to_plain(result)

@@ -1,0 +1,130 @@
+"""The Synaptic Bridge's wire protocol: one msgpack map per request, one per reply.
+
+Request: ``{"id": str, "op": str, ...op fields}``. Reply: ``{"id", "ok": true, "result"}`` or
+``{"id", "ok": false, "error": {"code", "message"}}``. Long operations may first send frames
+``{"id", "event": {...}}``. Every way a request can be wrong maps to an error code below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ormsgpack
+
+MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+MAX_FRAMES = 8  # identity frames from a few proxy hops, a delimiter, the payload
+MAX_ID_LENGTH = 128
+MAX_NAME_LENGTH = 256
+
+
+class Code:
+    """Error codes a client can rely on."""
+
+    BAD_REQUEST = "bad_request"  # malformed payload, missing or mistyped fields
+    UNKNOWN_OP = "unknown_op"
+    NOT_FOUND = "not_found"  # target object or slot does not exist
+    NOT_UNDERSTOOD = "not_understood"  # no method for the selector anywhere in the chain
+    INVALID_SOURCE = "invalid_source"  # define: source is not one function of that name
+    METHOD_ERROR = "method_error"  # the method raised
+    TIMEOUT = "timeout"  # the method ran past its time budget; nothing was written
+    CONFLICT = "conflict"  # write conflicts persisted past the retry cap; nothing was written
+    BUSY = "busy"  # too many requests in flight
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """A request that cannot be served; carries its error code."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+# op -> (required fields, optional fields), each field name -> accepted types.
+_ANY = object
+OPS: dict[str, tuple[dict[str, tuple], dict[str, tuple]]] = {
+    "ping": ({}, {}),
+    "stats": ({}, {}),
+    "describe": ({"target": (str,)}, {}),
+    "get": ({"target": (str,), "slot": (str,)}, {}),
+    "set": ({"target": (str,), "slot": (str,), "value": (_ANY,)}, {}),
+    "send": ({"target": (str,), "selector": (str,)}, {"args": (list,), "kwargs": (dict,)}),
+    "define": ({"target": (str,), "source": (str,)}, {"selector": (str,)}),
+    "pack": ({}, {"days": (int, float)}),
+}
+WRITING_OPS = frozenset({"set", "send", "define"})
+_NAME_FIELDS = ("target", "slot", "selector")
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    op: str
+    fields: dict[str, Any]
+
+
+def decode(payload: bytes) -> Request:
+    """Parse and validate one payload frame; ProtocolError says what is wrong with it."""
+    try:
+        message = ormsgpack.unpackb(payload)
+    except (ormsgpack.MsgpackDecodeError, ValueError, TypeError) as exc:
+        raise ProtocolError(Code.BAD_REQUEST, f"payload is not valid msgpack: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(Code.BAD_REQUEST, f"payload must be a map, not {type(message).__name__}")
+    request_id = message.get("id")
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID_LENGTH:
+        raise ProtocolError(Code.BAD_REQUEST, f"'id' must be a string of 1 to {MAX_ID_LENGTH} characters")
+    op = message.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError(Code.BAD_REQUEST, "'op' must be a string")
+    if op not in OPS:
+        raise ProtocolError(Code.UNKNOWN_OP, f"unknown op {op[:64]!r}; known: {', '.join(sorted(OPS))}")
+    required, optional = OPS[op]
+    fields = {k: v for k, v in message.items() if k not in ("id", "op")}
+    for name, types in required.items():
+        if name not in fields:
+            raise ProtocolError(Code.BAD_REQUEST, f"op {op!r} needs field {name!r}")
+    for name, value in fields.items():
+        types = required.get(name) or optional.get(name)
+        if types is None:
+            raise ProtocolError(Code.BAD_REQUEST, f"op {op!r} takes no field {name[:64]!r}")
+        if types != (_ANY,) and (not isinstance(value, types) or isinstance(value, bool)):
+            expected = " or ".join(t.__name__ for t in types)
+            raise ProtocolError(Code.BAD_REQUEST, f"field {name!r} must be {expected}, not {type(value).__name__}")
+        if name in _NAME_FIELDS and not 0 < len(value) <= MAX_NAME_LENGTH:
+            raise ProtocolError(Code.BAD_REQUEST, f"field {name!r} must be 1 to {MAX_NAME_LENGTH} characters")
+    if "kwargs" in fields and not all(isinstance(k, str) for k in fields["kwargs"]):
+        raise ProtocolError(Code.BAD_REQUEST, "'kwargs' keys must be strings")
+    return Request(request_id, op, fields)
+
+
+def request_id_of(payload: bytes) -> str | None:
+    """The request's id if the payload is a map carrying a usable one (for error replies)."""
+    try:
+        message = ormsgpack.unpackb(payload)
+    except Exception:
+        return None
+    if isinstance(message, dict):
+        rid = message.get("id")
+        if isinstance(rid, str) and 0 < len(rid) <= MAX_ID_LENGTH:
+            return rid
+    return None
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return ormsgpack.packb(message)
+
+
+def ok_reply(request_id: str | None, result: Any) -> dict[str, Any]:
+    return {"id": request_id, "ok": True, "result": result}
+
+
+def error_reply(request_id: str | None, code: str, message: str) -> dict[str, Any]:
+    return {"id": request_id, "ok": False, "error": {"code": code, "message": message}}
+
+
+def event_frame(request_id: str, event: dict[str, Any]) -> dict[str, Any]:
+    return {"id": request_id, "event": event}

@@ -1,0 +1,224 @@
+"""Workers: threads that each own one ZODB connection and one TransactionManager.
+
+A job is a function of a connection's root. It runs inside one transaction of its worker; a
+write conflict aborts and reruns it, with capped, jittered exponential backoff. A job whose waiter
+gave up (its time ran out) is aborted instead of committed, so a reply of ``ok`` always means
+committed and an error reply means nothing was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import transaction
+import ZODB
+from transaction.interfaces import TransientError
+
+log = logging.getLogger(__name__)
+
+JobFunction = Callable[[Any], Any]  # called with the connection's root
+
+
+class ConflictRetriesExhausted(Exception):
+    def __init__(self, attempts: int):
+        self.attempts = attempts
+        super().__init__(f"write conflicts persisted through {attempts} attempts; nothing was written")
+
+
+class JobAbandoned(Exception):
+    """The waiter stopped waiting before the job finished; the job's writes were aborted."""
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 25
+    base_delay: float = 0.001
+    max_delay: float = 0.05
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** attempt))
+
+
+@dataclass
+class Job:
+    fn: JobFunction
+    writes: bool
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    state: str = "queued"  # queued -> running -> committing | abandoned -> done
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim_commit(self) -> bool:
+        """True when the job may commit; after this the waiter cannot abandon it."""
+        with self.lock:
+            if self.state == "abandoned":
+                return False
+            self.state = "committing"
+            return True
+
+    def abandon(self) -> bool:
+        """Stop waiting; True if the job will not commit (False: a commit is already under way)."""
+        with self.lock:
+            if self.state == "committing":
+                return False
+            self.state = "abandoned"
+            return True
+
+    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
+        def deliver() -> None:
+            if self.future.done() or self.state == "abandoned":
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+        try:
+            self.loop.call_soon_threadsafe(deliver)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+_STOP = object()
+
+
+class WorkerPool:
+    """A fixed number of worker threads serving jobs from one queue (see module docstring)."""
+
+    def __init__(self, db: ZODB.DB, size: int = 4, retry: RetryPolicy | None = None):
+        if size < 1:
+            raise ValueError("a worker pool needs at least one worker")
+        self.db = db
+        self.size = size
+        self.retry = retry or RetryPolicy()
+        self._queue: queue.Queue = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self.conflicts = 0
+        self.max_threads = size * 2
+
+    def start(self) -> None:
+        for _ in range(self.size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        thread = threading.Thread(target=self._serve, name=f"batos-worker-{len(self._threads)}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    async def run(self, fn: JobFunction, writes: bool, timeout: float | None = None) -> Any:
+        """Run ``fn(root)`` in a worker's transaction and return its result.
+
+        With ``timeout``, raises JobAbandoned (after aborting the job's transaction) when the job
+        has not finished in time.
+        """
+        loop = asyncio.get_running_loop()
+        job = Job(fn, writes, loop, loop.create_future())
+        self._queue.put(job)
+        if timeout is None:
+            return await job.future
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
+        except asyncio.TimeoutError:
+            if not job.abandon():
+                return await job.future
+            self._replace_stuck_worker(job)
+            raise JobAbandoned() from None
+
+    def _replace_stuck_worker(self, job: Job) -> None:
+        # A running job may be stuck in C code that no budget can interrupt: keep the pool's
+        # capacity by starting another worker, up to a bound.
+        alive = [t for t in self._threads if t.is_alive()]
+        self._threads = alive
+        if job.state == "abandoned" and len(alive) < self.max_threads:
+            log.warning("a job outlived its time budget; starting an extra worker (%d alive)", len(alive) + 1)
+            self._spawn()
+
+    def _serve(self) -> None:
+        manager = transaction.TransactionManager(explicit=True)
+        connection = self.db.open(transaction_manager=manager)
+        try:
+            while True:
+                job = self._queue.get()
+                if job is _STOP:
+                    return
+                with self._busy_lock:
+                    self._busy += 1
+                try:
+                    self._run(job, connection, manager)
+                finally:
+                    with self._busy_lock:
+                        self._busy -= 1
+        finally:
+            try:
+                connection.close()
+            except Exception:
+                log.exception("closing a worker's connection failed")
+
+    def _run(self, job: Job, connection, manager: transaction.TransactionManager) -> None:
+        with job.lock:
+            if job.state == "abandoned":
+                job.settle(error=JobAbandoned())
+                return
+            job.state = "running"
+        for attempt in range(1, self.retry.max_attempts + 1):
+            manager.begin()
+            try:
+                result = job.fn(connection.root())
+                if job.writes and job.claim_commit():
+                    manager.commit()
+                else:
+                    manager.abort()
+                    if job.state == "abandoned":
+                        raise JobAbandoned()
+            except TransientError:
+                _abort_quietly(manager)
+                self.conflicts += 1
+                with job.lock:
+                    if job.state == "committing":
+                        job.state = "running"
+                if attempt == self.retry.max_attempts:
+                    job.settle(error=ConflictRetriesExhausted(attempt))
+                    return
+                time.sleep(self.retry.delay(attempt))
+            except BaseException as exc:
+                _abort_quietly(manager)
+                job.settle(error=exc)
+                return
+            else:
+                job.settle(result=result)
+                return
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let queued jobs finish, then end every worker (waiting at most ``timeout`` in all)."""
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            log.warning("workers still busy at shutdown, their transactions are left uncommitted: %s", stuck)
+
+
+def _abort_quietly(manager: transaction.TransactionManager) -> None:
+    try:
+        manager.abort()
+    except Exception:
+        log.exception("aborting a transaction failed")

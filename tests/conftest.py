@@ -1,0 +1,125 @@
+"""Shared fixtures: temporary images and real `batos run` processes on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import transaction
+
+from batos.client import BridgeTimeout, Client
+from batos.image import open_image
+
+BATOS = [sys.executable, "-m", "batos"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A `batos run` subprocess on its own image and port."""
+
+    def __init__(self, image: Path, endpoint: str | None = None, extra_args: tuple[str, ...] = (), env: dict | None = None):
+        self.image = image
+        self.endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
+        self.log_file = image.parent / "logs" / "batos.jsonl"
+        self.extra_args = extra_args
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> Server:
+        self.process = subprocess.Popen(
+            [*BATOS, "run", "--image", str(self.image), "--endpoint", self.endpoint,
+             "--log-file", str(self.log_file), *self.extra_args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        with Client(self.endpoint, timeout=0.5) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"batos run exited {self.process.returncode}: {self.process.stderr.read()}")
+                try:
+                    client.ping()
+                    return
+                except BridgeTimeout:
+                    continue
+        raise RuntimeError("batos run did not answer ping in time")
+
+    def client(self, timeout: float = 30.0) -> Client:
+        return Client(self.endpoint, timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def image_path(tmp_path: Path) -> Path:
+    return tmp_path / "image.fs"
+
+
+@pytest.fixture
+def server(image_path: Path):
+    srv = Server(image_path).start()
+    yield srv
+    srv.stop()
+    for stream in (srv.process.stdout, srv.process.stderr):
+        stream.close()
+
+
+@pytest.fixture
+def image(image_path: Path):
+    """An opened image (no server) with a transaction manager of its own."""
+    img = open_image(str(image_path))
+    yield img
+    img.close()
+
+
+def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run([*BATOS, *args], capture_output=True, text=True, timeout=timeout)
+
+
+class Session:
+    """One connection with an explicit transaction manager, for tests that read an image."""
+
+    def __init__(self, db):
+        self.manager = transaction.TransactionManager(explicit=True)
+        self.connection = db.open(transaction_manager=self.manager)
+
+    def __enter__(self):
+        self.manager.begin()
+        return self.connection.root()
+
+    def __exit__(self, exc_type, *rest):
+        if exc_type is None:
+            self.manager.commit()
+        else:
+            self.manager.abort()
+
+    def close(self):
+        self.connection.close()
