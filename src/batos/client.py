@@ -162,22 +162,41 @@ class AsyncClient(_Calls):
         self._context = zmq.asyncio.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._configure(self._socket)
+        self._pending: dict[str, tuple[asyncio.Future, EventCallback | None]] = {}
+        self._reader: asyncio.Future | None = None
 
     async def call(self, op: str, on_event: EventCallback | None = None, timeout: float | None = None, **fields: Any) -> Any:
+        """Send one request and await its reply; concurrent calls on one client are fine."""
         timeout = self.timeout if timeout is None else timeout
         request_id, payload = self._request(op, fields)
-        await self._socket.send(payload)
-
-        async def reply() -> Any:
-            while True:
-                done, result = self._read(await self._socket.recv_multipart(), request_id, on_event)
-                if done:
-                    return result
-
+        waiter = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (waiter, on_event)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.ensure_future(self._route_replies())
         try:
-            return await asyncio.wait_for(reply(), timeout)
+            await self._socket.send(payload)
+            return await asyncio.wait_for(waiter, timeout)
         except asyncio.TimeoutError:
             raise self._timed_out(op, timeout) from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _route_replies(self) -> None:
+        while self._pending:
+            frames = await self._socket.recv_multipart()
+            message = ormsgpack.unpackb(frames[-1])
+            entry = self._pending.get(message.get("id")) if isinstance(message, dict) else None
+            if entry is None:
+                continue
+            waiter, on_event = entry
+            try:
+                done, result = self._read(frames, message["id"], on_event)
+            except RemoteError as exc:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+                continue
+            if done and not waiter.done():
+                waiter.set_result(result)
 
     async def ping(self) -> dict:
         return await self.call("ping")
@@ -204,6 +223,8 @@ class AsyncClient(_Calls):
         return await self.call("pack", days=days)
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
         self._socket.close(linger=0)
 
     async def __aenter__(self) -> AsyncClient:

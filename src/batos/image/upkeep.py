@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -113,24 +114,30 @@ def _check_references(storage, report: DoctorReport) -> None:
     importable: dict[tuple[str, str], bool] = {}
     while queue:
         oid = queue.popleft()
+        label = hex(int.from_bytes(oid, "big"))
         try:
             data, serial = load_current(storage, oid)
         except POSKeyError:
-            report.problems.append(f"object {hex(int.from_bytes(oid, 'big'))} is referenced but missing")
+            report.problems.append(f"object {label} is referenced but missing")
             continue
         report.objects += 1
-        module, name = get_pickle_metadata(data)
+        try:
+            module, name = get_pickle_metadata(data)
+            references = [ref for ref, _ in get_refs(data)]
+        except Exception as exc:
+            report.problems.append(f"object {label}: its record cannot be read ({type(exc).__name__}: {exc})")
+            continue
         if (module, name) not in importable:
             importable[(module, name)] = _importable(module, name)
         if not importable[(module, name)]:
-            report.problems.append(f"object {hex(int.from_bytes(oid, 'big'))} has class {module}.{name}, which cannot be imported")
+            report.problems.append(f"object {label} has class {module}.{name}, which cannot be imported")
         if is_blob_record(data):
             report.blobs += 1
             try:
                 storage.loadBlob(oid, serial)
             except (POSKeyError, AttributeError):
-                report.problems.append(f"blob {hex(int.from_bytes(oid, 'big'))} has no file in the blob folder")
-        for ref, _ in get_refs(data):
+                report.problems.append(f"blob {label} has no file in the blob folder")
+        for ref in references:
             if ref not in seen:
                 seen.add(ref)
                 queue.append(ref)
@@ -144,6 +151,8 @@ def _importable(module: str, name: str) -> bool:
 
 
 def _check_schema(storage, report: DoctorReport) -> None:
+    if report.problems:
+        return  # the root may not even load; the problems already say why
     db = ZODB.DB(storage)
     try:
         conn = db.open()
@@ -185,12 +194,22 @@ def _copy_new_files(source: str, destination: str) -> int:
     return copied
 
 
+def _wait_for_a_fresh_second(repository: str) -> None:
+    """repozo names backups by the second; a second backup in the same second would collide."""
+    while True:
+        stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime())
+        if not any(name.startswith(stamp) for name in os.listdir(repository)):
+            return
+        time.sleep(1.0 - time.time() % 1.0 + 0.01)
+
+
 def backup(uri: str | None, repository: str) -> dict:
     """Add a backup of the image to ``repository`` (repozo; full or incremental), blobs included."""
     target = normalize_uri(uri)
     if not target.file_path or not os.path.exists(target.file_path):
         raise ImageError(f"no file image at {target.uri}")
     os.makedirs(repository, exist_ok=True)
+    _wait_for_a_fresh_second(repository)
     _repozo("-B", "-r", repository, "-f", target.file_path)
     copied = 0
     if target.blob_dir and os.path.isdir(target.blob_dir):
