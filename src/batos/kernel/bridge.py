@@ -15,12 +15,13 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import zmq
-import zmq.asyncio
 
 from batos.kernel import protocol
 from batos.kernel.protocol import Code, ProtocolError, Request
 
 log = logging.getLogger(__name__)
+
+RECEIVE_BURST = 64
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[Request, Emit], Awaitable[dict[str, Any]]]
@@ -62,8 +63,9 @@ class Bridge:
         self.max_message_size = max_message_size
         self.max_in_flight = max_in_flight
         self.curve_secret_key = curve_secret_key
-        self.context: zmq.asyncio.Context | None = None
-        self.socket: zmq.asyncio.Socket | None = None
+        self.context: zmq.Context | None = None
+        self.socket: zmq.Socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.in_flight: set[asyncio.Task] = set()
         self.dropped_replies = 0
         self.bound_endpoint: str | None = None
@@ -74,7 +76,7 @@ class Bridge:
                 f"{self.endpoint} is not a loopback address: binding it needs CURVE encryption "
                 f"(set BATOS_CURVE_SECRET_KEY; `batos keys` makes a key pair)"
             )
-        self.context = zmq.asyncio.Context()
+        self.context = zmq.Context()
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
@@ -90,43 +92,56 @@ class Bridge:
         self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     async def serve(self) -> None:
-        """Receive until cancelled."""
+        """Receive until cancelled.
+
+        The socket is read from the event loop's reader callback, draining every queued message
+        at once. ZeroMQ's descriptor is edge-triggered, so after any send the queue is looked at
+        again: a send can consume the edge that announced new input.
+        """
         assert self.socket is not None, "bind() first"
-        while True:
-            parts = await self.socket.recv_multipart(copy=True)
-            self._accept(parts)
+        self._loop = asyncio.get_running_loop()
+        fd = self.socket.getsockopt(zmq.FD)
+        self._loop.add_reader(fd, self._drain)
+        self._drain()
+        try:
+            await self._loop.create_future()
+        finally:
+            self._loop.remove_reader(fd)
+            self._loop = None
+
+    def _drain(self) -> None:
+        sock = self.socket
+        for _ in range(RECEIVE_BURST):
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+            self._accept(sock.recv_multipart(zmq.NOBLOCK))
+        self._loop.call_soon(self._drain)  # let other callbacks run before reading on
 
     def _accept(self, parts: list[bytes]) -> None:
         if len(parts) > protocol.MAX_FRAMES:
-            self._spawn(self._send(parts[:1], protocol.error_reply(
-                None, Code.BAD_REQUEST, f"too many frames ({len(parts)}); send one payload frame")))
+            self._send(parts[:1], protocol.error_reply(
+                None, Code.BAD_REQUEST, f"too many frames ({len(parts)}); send one payload frame"))
             return
         envelope, payload = parts[:-1], parts[-1]
         try:
             request = protocol.decode(payload)
         except ProtocolError as exc:
-            reply = protocol.error_reply(protocol.request_id_of(payload), exc.code, exc.message)
-            self._spawn(self._send(envelope, reply))
+            self._send(envelope, protocol.error_reply(protocol.request_id_of(payload), exc.code, exc.message))
             return
         if len(self.in_flight) >= self.max_in_flight:
-            reply = protocol.error_reply(request.id, Code.BUSY, "too many requests in flight; retry shortly")
-            self._spawn(self._send(envelope, reply))
+            self._send(envelope, protocol.error_reply(request.id, Code.BUSY, "too many requests in flight; retry shortly"))
             return
-        self._spawn(self._respond(envelope, request))
-
-    def _spawn(self, coroutine) -> None:
-        task = asyncio.create_task(coroutine)
+        task = asyncio.ensure_future(self._respond(envelope, request))
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
 
     async def _respond(self, envelope: list[bytes], request: Request) -> None:
         async def emit(event: dict[str, Any]) -> None:
-            await self._send(envelope, protocol.event_frame(request.id, event))
+            self._send(envelope, protocol.event_frame(request.id, event))
 
-        reply = await self.handler(request, emit)
-        await self._send(envelope, reply)
+        self._send(envelope, await self.handler(request, emit))
 
-    async def _send(self, envelope: list[bytes], message: dict[str, Any]) -> None:
+    def _send(self, envelope: list[bytes], message: dict[str, Any]) -> None:
         try:
             payload = protocol.encode(message)
         except (TypeError, ValueError) as exc:
@@ -134,12 +149,18 @@ class Bridge:
             payload = protocol.encode(protocol.error_reply(
                 message.get("id"), Code.INTERNAL, f"the result could not be encoded: {exc}"))
         try:
-            await self.socket.send_multipart(envelope + [payload])
+            self.socket.send_multipart(envelope + [payload], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
-            if exc.errno != errno.EHOSTUNREACH:
+            if exc.errno == errno.EHOSTUNREACH:
+                self.dropped_replies += 1
+                log.warning("reply %s dropped: its peer has disconnected", message.get("id"))
+            elif exc.errno == errno.EAGAIN:
+                self.dropped_replies += 1
+                log.warning("reply %s dropped: its peer is not reading (high-water mark reached)", message.get("id"))
+            else:
                 raise
-            self.dropped_replies += 1
-            log.warning("reply %s dropped: its peer has disconnected", message.get("id"))
+        if self._loop is not None and self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._loop.call_soon(self._drain)
 
     async def drain(self, timeout: float) -> int:
         """Wait up to ``timeout`` for in-flight requests; return how many were still running."""

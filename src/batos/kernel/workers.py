@@ -9,6 +9,7 @@ committed and an error reply means nothing was written.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import random
@@ -50,7 +51,6 @@ class RetryPolicy:
 class Job:
     fn: JobFunction
     writes: bool
-    loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     state: str = "queued"  # queued -> running -> committing | abandoned -> done
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -71,19 +71,14 @@ class Job:
             self.state = "abandoned"
             return True
 
-    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
-        def deliver() -> None:
-            if self.future.done() or self.state == "abandoned":
-                return
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(result)
-
-        try:
-            self.loop.call_soon_threadsafe(deliver)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
+    def deliver(self, result: Any, error: BaseException | None) -> None:
+        """Resolve the waiter's future (event-loop thread only); abandoned jobs have none."""
+        if self.future.done() or self.state == "abandoned":
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)
 
 
 _STOP = object()
@@ -98,12 +93,16 @@ class WorkerPool:
         self.db = db
         self.size = size
         self.retry = retry or RetryPolicy()
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._busy = 0
         self._busy_lock = threading.Lock()
         self.conflicts = 0
         self.max_threads = size * 2
+        # Finished jobs wait here for the event loop; one wake-up delivers a whole batch.
+        self._finished: collections.deque = collections.deque()
+        self._wakeup_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         for _ in range(self.size):
@@ -125,21 +124,41 @@ class WorkerPool:
     async def run(self, fn: JobFunction, writes: bool, timeout: float | None = None) -> Any:
         """Run ``fn(root)`` in a worker's transaction and return its result.
 
-        With ``timeout``, raises JobAbandoned (after aborting the job's transaction) when the job
-        has not finished in time.
+        With ``timeout``, raises JobAbandoned (and the job's transaction is aborted, not
+        committed) when the job has not finished in time.
         """
-        loop = asyncio.get_running_loop()
-        job = Job(fn, writes, loop, loop.create_future())
+        self._loop = loop = asyncio.get_running_loop()
+        job = Job(fn, writes, loop.create_future())
         self._queue.put(job)
         if timeout is None:
             return await job.future
+        expiry = loop.call_later(timeout, self._expire, job)
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
-        except asyncio.TimeoutError:
-            if not job.abandon():
-                return await job.future
-            self._replace_stuck_worker(job)
-            raise JobAbandoned() from None
+            return await job.future
+        finally:
+            expiry.cancel()
+
+    def _expire(self, job: Job) -> None:
+        if job.future.done() or not job.abandon():
+            return  # finished, or committing: the result is on its way
+        job.future.set_exception(JobAbandoned())
+        self._replace_stuck_worker(job)
+
+    def _finish(self, job: Job, result: Any = None, error: BaseException | None = None) -> None:
+        """Hand a finished job to the event loop (worker thread)."""
+        self._finished.append((job, result, error))
+        if not self._wakeup_pending:
+            self._wakeup_pending = True
+            try:
+                self._loop.call_soon_threadsafe(self._deliver_finished)
+            except RuntimeError:  # the loop has closed: nobody is waiting any more
+                pass
+
+    def _deliver_finished(self) -> None:
+        self._wakeup_pending = False
+        while self._finished:
+            job, result, error = self._finished.popleft()
+            job.deliver(result, error)
 
     def _replace_stuck_worker(self, job: Job) -> None:
         # A running job may be stuck in C code that no budget can interrupt: keep the pool's
@@ -174,7 +193,7 @@ class WorkerPool:
     def _run(self, job: Job, connection, manager: transaction.TransactionManager) -> None:
         with job.lock:
             if job.state == "abandoned":
-                job.settle(error=JobAbandoned())
+                self._finish(job, error=JobAbandoned())
                 return
             job.state = "running"
         for attempt in range(1, self.retry.max_attempts + 1):
@@ -194,15 +213,15 @@ class WorkerPool:
                     if job.state == "committing":
                         job.state = "running"
                 if attempt == self.retry.max_attempts:
-                    job.settle(error=ConflictRetriesExhausted(attempt))
+                    self._finish(job, error=ConflictRetriesExhausted(attempt))
                     return
                 time.sleep(self.retry.delay(attempt))
             except BaseException as exc:
                 _abort_quietly(manager)
-                job.settle(error=exc)
+                self._finish(job, error=exc)
                 return
             else:
-                job.settle(result=result)
+                self._finish(job, result=result)
                 return
 
     def stop(self, timeout: float = 10.0) -> None:
