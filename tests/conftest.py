@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -10,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import ormsgpack
 import pytest
 import transaction
+import zmq
 
 from batos.client import BridgeTimeout, Client
 from batos.image import open_image
@@ -102,6 +105,28 @@ def image(image_path: Path):
 
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run([*BATOS, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def opened_root(path):
+    """The root of the image at ``path`` inside one transaction, committed unless it raises."""
+    img = open_image(str(path))
+    session = Session(img.db)
+    try:
+        with session as root:
+            yield root
+    finally:
+        session.close()
+        img.close()
+
+
+def send_raw(endpoint: str, message: dict) -> zmq.Socket:
+    """A DEALER socket that has sent ``message``; the caller closes it."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    sock.send(ormsgpack.packb(message))
+    return sock
 
 
 class Session:

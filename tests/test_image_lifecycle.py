@@ -14,7 +14,7 @@ from batos.image import genesis as genesis_module
 from batos.image.genesis import SCHEMA_KEY, SchemaTooNewError
 from batos.image.upkeep import lock_state
 
-from conftest import Session
+from conftest import opened_root
 
 HOLD_LOCK = """
 import sys, time
@@ -32,33 +32,21 @@ def hold_image(path) -> subprocess.Popen:
 
 
 def test_genesis_creates_the_primordial_objects_once(image_path):
-    img = open_image(str(image_path))
-    session = Session(img.db)
-    with session as root:
+    with opened_root(image_path) as root:
         names = set(root.keys())
         first_oid = root["genesis_obj"]._p_oid
         assert root["genesis_obj"].name == "genesis"
         assert isinstance(root["genesis_obj"].description, str)
-    session.close()
-    img.close()
     assert {"traits_obj", "genesis_obj", "pLLM_obj", "memory_manager_obj", "knowledge_catalog_obj",
             "psm_prototypes_obj", "orchestrator_obj", "alfred_prototype_obj", "active_cycles"} <= names
 
-    img = open_image(str(image_path))
-    session = Session(img.db)
-    with session as root:
+    with opened_root(image_path) as root:
         assert root["genesis_obj"]._p_oid == first_oid
-    session.close()
-    img.close()
 
 
 def test_newer_schema_is_refused_and_the_image_is_untouched(image_path):
-    img = open_image(str(image_path))
-    session = Session(img.db)
-    with session as root:
+    with opened_root(image_path) as root:
         root[SCHEMA_KEY] = 99
-    session.close()
-    img.close()
     before = image_path.read_bytes()
     with pytest.raises(SchemaTooNewError, match="99"):
         open_image(str(image_path))
@@ -77,13 +65,9 @@ def test_older_schema_is_migrated(image_path, monkeypatch):
 
     monkeypatch.setattr(genesis_module, "SCHEMA_VERSION", 2)
     monkeypatch.setitem(genesis_module.MIGRATIONS, 1, add_widget)
-    img = open_image(str(image_path))
-    session = Session(img.db)
-    with session as root:
+    with opened_root(image_path) as root:
         assert root[SCHEMA_KEY] == 2
         assert root["widget_obj"] == "made by migration"
-    session.close()
-    img.close()
     assert calls == [1]
     img = open_image(str(image_path))  # already migrated: runs nothing more
     img.close()
@@ -118,10 +102,6 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 
 
 def test_memory_uri_opens_a_fresh_image():
-    img = open_image("memory://")
-    session = Session(img.db)
-    with session as root:
+    with opened_root("memory://") as root:
         assert root["genesis_obj"].name == "genesis"
-    session.close()
-    img.close()
     assert not os.path.exists("memory:")

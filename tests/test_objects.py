@@ -12,11 +12,7 @@ from batos.image import Method, UvmObject, open_image
 from batos.image.objects import MethodSourceError, delegation_chain
 from batos.image.storage import normalize_uri
 
-from conftest import Session
-
-
-def reopen(path):
-    return open_image(str(path))
+from conftest import Session, opened_root
 
 
 def test_delegation_is_depth_first_in_parent_order():
@@ -65,24 +61,15 @@ def test_assigned_lists_and_dicts_become_persistent():
 
 
 def test_slot_change_survives_close_and_reopen(image_path):
-    img = reopen(image_path)
-    session = Session(img.db)
-    with session as root:
+    with opened_root(image_path) as root:
         root["genesis_obj"].counter = 41
         root["genesis_obj"].counter = root["genesis_obj"].counter + 1
-    session.close()
-    img.close()
-
-    img = reopen(image_path)
-    session = Session(img.db)
-    with session as root:
+    with opened_root(image_path) as root:
         assert root["genesis_obj"].counter == 42
-    session.close()
-    img.close()
 
 
 def test_in_place_edit_of_list_slot_survives_reopen(image_path):
-    img = reopen(image_path)
+    img = open_image(str(image_path))
     session = Session(img.db)
     with session as root:
         root["genesis_obj"].log = []
@@ -91,17 +78,12 @@ def test_in_place_edit_of_list_slot_survives_reopen(image_path):
         root["genesis_obj"].log[0] += "!"
     session.close()
     img.close()
-
-    img = reopen(image_path)
-    session = Session(img.db)
-    with session as root:
+    with opened_root(image_path) as root:
         assert list(root["genesis_obj"].log) == ["first!"]
-    session.close()
-    img.close()
 
 
 def test_slot_deletion_survives_reopen(image_path):
-    img = reopen(image_path)
+    img = open_image(str(image_path))
     session = Session(img.db)
     with session as root:
         root["genesis_obj"].doomed = 1
@@ -111,12 +93,8 @@ def test_slot_deletion_survives_reopen(image_path):
             del root["genesis_obj"].never_there
     session.close()
     img.close()
-    img = reopen(image_path)
-    session = Session(img.db)
-    with session as root:
+    with opened_root(image_path) as root:
         assert "doomed" not in root["genesis_obj"]._slots
-    session.close()
-    img.close()
 
 
 def test_clone_is_independent_but_shares_parents_and_references():
@@ -167,9 +145,7 @@ def test_method_source_must_be_one_function_of_the_selector():
 
 
 def test_method_runs_on_receiver_and_caches_compiled_function_only_in_memory(image_path):
-    img = reopen(image_path)
-    session = Session(img.db)
-    with session as root:
+    with opened_root(image_path) as root:
         proto = root["genesis_obj"]
         proto.double = Method("double", "def double(self, x):\n    return x * self.factor\n")
         child = proto.clone()
@@ -180,14 +156,10 @@ def test_method_runs_on_receiver_and_caches_compiled_function_only_in_memory(ima
         assert method._v_function is not None
         state = method.__getstate__()
         assert not any(key.startswith("_v_") for key in state)
-    session.close()
-    img.close()
 
 
 def test_primitives_are_stored_by_name_and_the_image_pickles(image_path):
-    img = reopen(image_path)
-    session = Session(img.db)
-    with session as root:
+    with opened_root(image_path) as root:
         traits = root["traits_obj"]
         clone = traits._slots["clone"]
         assert clone.origin == "primitive" and clone.primitive == "clone"
@@ -195,8 +167,6 @@ def test_primitives_are_stored_by_name_and_the_image_pickles(image_path):
         made = root["genesis_obj"].clone()
         assert made.name == "genesis"
         assert root["genesis_obj"].describe()["name"] == "genesis"
-    session.close()
-    img.close()
 
 
 def test_uri_normalization():

@@ -9,26 +9,17 @@ from ZODB.Connection import TransactionMetaData
 from batos.image import UvmObject, open_image
 from batos.image.upkeep import doctor
 
-from conftest import Server, Session, run_cli
+from conftest import Session, opened_root, run_cli
 
 
 def write_counter(path, value):
-    img = open_image(str(path))
-    session = Session(img.db)
-    with session as root:
+    with opened_root(path) as root:
         root["genesis_obj"].counter = value
-    session.close()
-    img.close()
 
 
 def read_counter(path):
-    img = open_image(str(path))
-    session = Session(img.db)
-    with session as root:
-        value = root["genesis_obj"]._slots.get("counter")
-    session.close()
-    img.close()
-    return value
+    with opened_root(path) as root:
+        return root["genesis_obj"]._slots.get("counter")
 
 
 def test_doctor_finds_a_fresh_image_clean(image_path):

@@ -10,14 +10,18 @@ import time
 
 import ormsgpack
 import transaction
-import zmq
 
 from batos.image import open_image
 from batos.kernel.workers import WorkerPool
 
-from conftest import Server
+from conftest import Server, send_raw
 
 SLOW = "def slow(self, n):\n    total = 0\n    for i in range(n):\n        total = total + i\n    self.done = n\n    self._p_changed = True\n    return total\n"
+
+
+def slow_request(request_id: str) -> dict:
+    """About a second and a half of method time here."""
+    return {"id": request_id, "op": "send", "target": "genesis_obj", "selector": "slow", "args": [5_000_000]}
 
 
 def test_each_worker_has_its_own_connection_and_transaction_manager():
@@ -47,11 +51,8 @@ def test_sigterm_lets_in_flight_requests_finish(image_path):
     srv = Server(image_path).start()
     with srv.client() as c:
         c.define("genesis_obj", SLOW)
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(srv.endpoint)
+    sock = send_raw(srv.endpoint, slow_request("slow"))
     try:
-        sock.send(ormsgpack.packb({"id": "slow", "op": "send", "target": "genesis_obj", "selector": "slow", "args": [5_000_000]}))
         time.sleep(0.2)
         srv.process.send_signal(signal.SIGTERM)
         assert sock.poll(30_000)
@@ -70,10 +71,7 @@ def test_reply_to_a_vanished_peer_is_dropped_and_logged(image_path):
     srv = Server(image_path).start()
     with srv.client() as c:
         c.define("genesis_obj", SLOW)
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(srv.endpoint)
-    sock.send(ormsgpack.packb({"id": "gone", "op": "send", "target": "genesis_obj", "selector": "slow", "args": [5_000_000]}))
+    sock = send_raw(srv.endpoint, slow_request("gone"))
     time.sleep(0.2)
     sock.close()
     deadline = time.monotonic() + 30

@@ -97,8 +97,6 @@ def cmd_pack(client: Client, args) -> Any:
 # --- image commands --------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from batos.image.storage import ImageError, ImageLockedError
-    from batos.kernel.bridge import BridgeError
     from batos.kernel.logs import configure
     from batos.kernel.uvm import UVM, Settings
 
@@ -113,17 +111,7 @@ def cmd_run(args) -> int:
         print(f"BatOS is listening on {endpoint}", flush=True)
         print(f"try, in another terminal:  batos send genesis_obj describe --endpoint {endpoint}", flush=True)
 
-    try:
-        return asyncio.run(UVM(settings, on_ready=ready).run())
-    except ImageLockedError as exc:
-        print(f"batos: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
-    except ImageError as exc:
-        print(f"batos: {exc}", file=sys.stderr)
-        return EXIT_IMAGE
-    except BridgeError as exc:
-        print(f"batos: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    return asyncio.run(UVM(settings, on_ready=ready).run())
 
 
 def cmd_doctor(args) -> int:
@@ -327,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from batos.image.storage import ImageError, ImageLockedError
+    from batos.kernel.bridge import BridgeError
 
     try:
         if args.command == "pack" and args.image:
@@ -357,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImageError as exc:
         print(f"batos: {exc}", file=sys.stderr)
         return EXIT_IMAGE
-    except OSError as exc:
+    except (BridgeError, OSError) as exc:
         print(f"batos: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 

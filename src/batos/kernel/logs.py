@@ -14,6 +14,7 @@ import threading
 import time
 
 MESSAGES_LOGGER = "batos.messages"
+BATCH_SECONDS = 0.1
 
 
 class JsonLinesFormatter(logging.Formatter):
@@ -54,6 +55,8 @@ class BatchingFileHandler(logging.Handler):
     def _write_batches(self) -> None:
         while True:
             self._wake.wait()
+            if not self._closing:
+                time.sleep(BATCH_SECONDS)  # gather a batch: one wake-up and one write per interval
             self._wake.clear()
             lines = []
             while self._queue:
