@@ -145,6 +145,38 @@ def run_batos(writing: bool, clients: int, count: int, repeats: int, workdir: Pa
     return statistics.median(results)
 
 
+def thread_hop_microseconds(rounds: int = 3000) -> tuple[float, float]:
+    """The cost of leaving the event loop for a thread and coming back, one request at a time:
+    (stdlib executor with a no-op, WorkerPool with a no-op read job), microseconds per round trip."""
+    import concurrent.futures
+
+    from batos.image import open_image
+    from batos.kernel.workers import WorkerPool
+
+    image = open_image("memory://")
+    pool = WorkerPool(image.db, size=4)
+    pool.start()
+    executor = concurrent.futures.ThreadPoolExecutor(4)
+
+    async def measure() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        began = time.perf_counter()
+        for _ in range(rounds):
+            await loop.run_in_executor(executor, int)
+        plain = (time.perf_counter() - began) / rounds * 1e6
+        began = time.perf_counter()
+        for _ in range(rounds):
+            await pool.run(len, writes=False, timeout=10)
+        return plain, (time.perf_counter() - began) / rounds * 1e6
+
+    try:
+        return asyncio.run(measure())
+    finally:
+        pool.stop()
+        executor.shutdown()
+        image.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1500, help="messages per client per run")
@@ -165,6 +197,9 @@ def main() -> None:
         for clients, bare, floor, read, write in rows:
             print(f"{clients:>7} {bare:>8.0f} {floor:>9.0f} {read:>8.0f} {write:>9.0f} "
                   f"{read / bare:>7.2f} {write / floor:>6.2f}")
+        plain, pool = thread_hop_microseconds()
+        print(f"event loop -> thread -> event loop, one client: stdlib executor {plain:.0f} us, "
+              f"worker pool with a transaction {pool:.0f} us")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
