@@ -36,7 +36,8 @@ class Server:
         self.endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
         self.log_file = image.parent / "logs" / "batos.jsonl"
         self.extra_args = extra_args
-        self.env = {**os.environ, **(env or {})}
+        # Kernel tests run without a language model unless they ask for one.
+        self.env = {**os.environ, "BATOS_LLM": "none", **(env or {})}
         self.process: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> Server:
@@ -148,3 +149,24 @@ class Session:
 
     def close(self):
         self.connection.close()
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    """A cache holding the converted default model, made once per test session (~1 minute)."""
+    from batos.llm.default_model import default_model_folder
+
+    cache = tmp_path_factory.mktemp("model-cache")
+    default_model_folder(cache, "bfloat16")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def plain_model_folder(model_cache) -> Path:
+    from batos.llm.default_model import default_model_folder
+
+    return default_model_folder(model_cache, "bfloat16")
+
+
+def llm_env(model_cache: Path, **extra: str) -> dict[str, str]:
+    return {"BATOS_LLM": "embedded", "BATOS_MODEL_CACHE": str(model_cache), **extra}

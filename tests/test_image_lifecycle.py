@@ -63,15 +63,28 @@ def test_older_schema_is_migrated(image_path, monkeypatch):
         calls.append(root[SCHEMA_KEY])
         root["widget_obj"] = "made by migration"
 
-    monkeypatch.setattr(genesis_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(genesis_module.MIGRATIONS, 1, add_widget)
+    monkeypatch.setattr(genesis_module, "SCHEMA_VERSION", genesis_module.SCHEMA_VERSION + 1)
+    monkeypatch.setitem(genesis_module.MIGRATIONS, genesis_module.SCHEMA_VERSION - 1, add_widget)
     with opened_root(image_path) as root:
-        assert root[SCHEMA_KEY] == 2
+        assert root[SCHEMA_KEY] == genesis_module.SCHEMA_VERSION
         assert root["widget_obj"] == "made by migration"
-    assert calls == [1]
+    assert calls == [genesis_module.SCHEMA_VERSION - 1]
     img = open_image(str(image_path))  # already migrated: runs nothing more
     img.close()
-    assert calls == [1]
+    assert len(calls) == 1
+
+
+def test_schema_1_image_gains_the_model_repositories(image_path):
+    with opened_root(image_path) as root:  # make it look like an image written by schema 1
+        pllm = root["pLLM_obj"]
+        for slot in ("model_bundles", "lora_repository", "active_model", "infer_"):
+            del pllm._slots[slot]
+        root[SCHEMA_KEY] = 1
+    with opened_root(image_path) as root:
+        assert root[SCHEMA_KEY] == 2
+        pllm = root["pLLM_obj"]
+        assert len(pllm.model_bundles) == 0 and len(pllm.lora_repository) == 0
+        assert pllm._slots["infer_"].primitive == "infer"
 
 
 def test_second_opener_gets_the_holders_pid(image_path):

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import tarfile
+import tempfile
 import shlex
 import sys
 from typing import Any, Callable
@@ -87,11 +90,69 @@ def cmd_define(client: Client, args) -> Any:
 
 def cmd_send(client: Client, args) -> Any:
     kwargs = dict(parse_kwarg(k) for k in args.kw)
+    if args.expert:
+        kwargs["expert"] = args.expert
     return client.send(args.target, args.selector, *(parse_arg(a) for a in args.args), **kwargs)
 
 
 def cmd_pack(client: Client, args) -> Any:
     return client.pack(args.days)
+
+
+def cmd_model(client: Client, args) -> Any:
+    if args.action == "list":
+        return client.call("model_list")
+    if args.action == "use":
+        return client.call("model_use", on_event=show_progress, name=args.name)
+    if args.hub:
+        return client.call("model_import", on_event=show_progress, hub_id=args.path, **_name(args))
+    with uploadable(args.path) as path:
+        upload_id = client.upload(path, on_progress=lambda done, total: show_progress(
+            {"progress": {"what": f"sending {os.path.basename(args.path)}", "done": done, "total": total}}))
+    return client.call("model_import", on_event=show_progress, upload_id=upload_id, **_name(args))
+
+
+def cmd_expert(client: Client, args) -> Any:
+    with uploadable(args.path) as path:
+        upload_id = client.upload(path)
+    return client.call("expert_import", on_event=show_progress, upload_id=upload_id, **_name(args))
+
+
+def _name(args) -> dict[str, str]:
+    return {"name": args.name} if args.name else {}
+
+
+@contextlib.contextmanager
+def uploadable(path: str):
+    """A file to stream: the file itself, or a folder packed into a temporary tar."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path} does not exist")
+    if not os.path.isdir(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as work:
+        packed = os.path.join(work, "folder.tar")
+        with tarfile.open(packed, "w") as tar:
+            tar.add(path, arcname=os.path.basename(os.path.abspath(path)))
+        yield packed
+
+
+def show_progress(event: dict) -> None:
+    """A progress bar on a terminal; a line per tenth otherwise (on stderr either way)."""
+    progress = event.get("progress")
+    if not progress:
+        if "state" in event:
+            print(f"  {event['state']}", file=sys.stderr, flush=True)
+        return
+    done, total = progress.get("done", 0), progress.get("total") or 1
+    fraction = min(1.0, done / total)
+    if sys.stderr.isatty():
+        bar = "#" * int(30 * fraction)
+        end = "\n" if fraction >= 1 else ""
+        print(f"\r  {progress['what'][:40]:<40} [{bar:<30}] {fraction:6.1%}", end=end, file=sys.stderr, flush=True)
+    elif int(fraction * 10) != show_progress.__dict__.get("last") or fraction >= 1:
+        show_progress.__dict__["last"] = int(fraction * 10)
+        print(f"  {progress['what']}: {fraction:.0%}", file=sys.stderr, flush=True)
 
 
 # --- image commands --------------------------------------------------------------------------
@@ -241,6 +302,8 @@ CLIENT_COMMANDS: dict[str, tuple[Callable, str]] = {
     "send": (cmd_send, "send a message; each ARG is a JSON literal or else a string"),
     "pack": (cmd_pack, "pack the running UVM's image (or, with --image, an image nobody serves)"),
     "shell": (cmd_shell, "interactive client with history"),
+    "model": (cmd_model, "import, list and switch language models held in the image"),
+    "expert": (cmd_expert, "import LoRA adapters (experts) into the image"),
 }
 
 
@@ -270,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (handler, summary) in CLIENT_COMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=summary)
-        _client_options(sub)
+        if name not in ("model", "expert"):  # those take the options after their action
+            _client_options(sub)
         sub.set_defaults(handler=handler)
         if name in ("describe", "get", "set", "define", "send"):
             sub.add_argument("target", metavar="TARGET", help="root name (genesis_obj) or oid (0x2)")
@@ -286,6 +350,24 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("selector", metavar="SELECTOR")
             sub.add_argument("args", metavar="ARG", nargs="*")
             sub.add_argument("--kw", action="append", default=[], metavar="NAME=VALUE", help="a keyword argument (repeatable)")
+            sub.add_argument("--expert", help="shorthand for --kw expert=NAME (pLLM_obj infer_)")
+        if name == "model":
+            actions = sub.add_subparsers(dest="action", metavar="ACTION", required=True)
+            model_import = actions.add_parser("import", help="import a model folder, .gguf file or archive (or --hub ID)")
+            model_import.add_argument("path", metavar="PATH", help="folder, .gguf, tar/zip archive, or a hub id with --hub")
+            model_import.add_argument("--name", help="the bundle's name (default: from PATH)")
+            model_import.add_argument("--hub", action="store_true", help="PATH is a Hugging Face hub id (needs network)")
+            model_list = actions.add_parser("list", help="the bundles in the image and which is active")
+            model_use = actions.add_parser("use", help="make a bundle the active model and load it")
+            model_use.add_argument("name", metavar="NAME")
+            for action in (model_import, model_list, model_use):
+                _client_options(action)
+        if name == "expert":
+            actions = sub.add_subparsers(dest="action", metavar="ACTION", required=True)
+            expert_import = actions.add_parser("import", help="import a peft adapter folder or an archive of them")
+            expert_import.add_argument("path", metavar="DIR_OR_ARCHIVE")
+            expert_import.add_argument("--name", help="the expert's name (default: the folder's name)")
+            _client_options(expert_import)
         if name == "pack":
             sub.add_argument("--days", type=float, default=0, help="keep history younger than this many days")
             sub.add_argument("--image", default=None, help="pack this image directly (no UVM may be serving it)")
@@ -316,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from batos.image.storage import ImageError, ImageLockedError
     from batos.kernel.bridge import BridgeError
+    from batos.llm.generation import ConfigurationError
 
     try:
         if args.command == "pack" and args.image:
@@ -328,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 return result
             print(json.dumps(client.last_reply, ensure_ascii=False) if args.json else show(result))
             return EXIT_OK
-    except UsageError as exc:
+    except (UsageError, ConfigurationError) as exc:
         print(f"batos: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RemoteError as exc:

@@ -20,6 +20,7 @@ import zmq.asyncio
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT = 30.0
+UPLOAD_CHUNK = 4 * 1024 * 1024
 
 EventCallback = Callable[[dict[str, Any]], None]
 
@@ -81,6 +82,11 @@ class _Calls:
         error = message.get("error") or {}
         raise RemoteError(error.get("code", "unknown"), error.get("message", ""))
 
+    @staticmethod
+    def _is_event(frames: list[bytes], request_id: str) -> bool:
+        message = ormsgpack.unpackb(frames[-1])
+        return isinstance(message, dict) and message.get("id") == request_id and "event" in message
+
     def _timed_out(self, op: str, timeout: float) -> BridgeTimeout:
         return BridgeTimeout(f"no reply to {op!r} from {self.endpoint} within {timeout:g} s; is `batos run` up?")
 
@@ -104,7 +110,11 @@ class Client(_Calls):
         self._configure(self._socket)
 
     def call(self, op: str, on_event: EventCallback | None = None, timeout: float | None = None, **fields: Any) -> Any:
-        """Send one request and wait for its reply (events go to ``on_event``)."""
+        """Send one request and wait for its reply (events go to ``on_event``).
+
+        ``timeout`` bounds the silence, not the whole call: each event from the server (progress
+        of a long operation) starts the wait afresh.
+        """
         timeout = self.timeout if timeout is None else timeout
         request_id, payload = self._request(op, fields)
         self._socket.send(payload)
@@ -116,9 +126,12 @@ class Client(_Calls):
             left = deadline_ms - (time.monotonic() - started) * 1000
             if left <= 0 or not poller.poll(left):
                 raise self._timed_out(op, timeout)
-            done, result = self._read(self._socket.recv_multipart(), request_id, on_event)
+            frames = self._socket.recv_multipart()
+            done, result = self._read(frames, request_id, on_event)
             if done:
                 return result
+            if self._is_event(frames, request_id):
+                started = time.monotonic()
 
     def ping(self) -> dict:
         return self.call("ping")
@@ -143,6 +156,24 @@ class Client(_Calls):
 
     def pack(self, days: float = 0) -> dict:
         return self.call("pack", days=days)
+
+    def upload(self, path: str | os.PathLike, on_progress: Callable[[int, int], None] | None = None) -> str:
+        """Stream a file to the server in chunks; return the upload id to name it by."""
+        upload_id = uuid.uuid4().hex
+        total = os.path.getsize(path)
+        offset = 0
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(UPLOAD_CHUNK)
+                if not chunk and offset:
+                    break
+                self.call("upload", upload_id=upload_id, offset=offset, data=chunk)
+                offset += len(chunk)
+                if on_progress:
+                    on_progress(offset, total)
+                if not chunk:
+                    break
+        return upload_id
 
     def close(self) -> None:
         self._socket.close(linger=0)

@@ -10,6 +10,7 @@ import ZODB
 from BTrees.OOBTree import OOBTree
 from zope.interface import implementer
 
+from batos.image.blobs import ensure_model_slots
 from batos.image.interfaces import IImage
 from batos.image.objects import Method, UvmObject
 from batos.image.storage import ImageError, normalize_uri, open_database
@@ -17,7 +18,7 @@ from batos.image.storage import ImageError, normalize_uri, open_database
 log = logging.getLogger(__name__)
 
 SCHEMA_KEY = "batos_schema"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 PERSONAS = ("brick", "robin", "babs", "alfred")
 PLAIN_ROOT_OBJECTS = (
@@ -27,8 +28,18 @@ PLAIN_ROOT_OBJECTS = (
 TRAIT_PRIMITIVES = {"clone": "clone", "describe": "describe", "_doesNotUnderstand_": "doesNotUnderstand"}
 
 Migration = Callable[[dict], None]
+
+
+def give_pllm_its_repositories(root) -> None:
+    """Schema 2: pLLM_obj holds model bundles, LoRA adapters, the active model's name, and infer_."""
+    pllm = root["pLLM_obj"]
+    ensure_model_slots(pllm)
+    if "infer_" not in pllm._slots:
+        pllm._slots["infer_"] = Method("infer_", origin="primitive", primitive="infer")
+
+
 # MIGRATIONS[n] turns a schema-n root into a schema-(n+1) root, in one transaction.
-MIGRATIONS: dict[int, Migration] = {}
+MIGRATIONS: dict[int, Migration] = {1: give_pllm_its_repositories}
 
 
 class SchemaTooNewError(ImageError):
@@ -48,6 +59,7 @@ def genesis(root) -> None:
     for key in PLAIN_ROOT_OBJECTS:
         root[key] = UvmObject(parents=[traits], name=key.removesuffix("_obj"))
     root["active_cycles"] = OOBTree()
+    give_pllm_its_repositories(root)
     root[SCHEMA_KEY] = SCHEMA_VERSION
 
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 Primitive = Callable[..., Any]
 
 _registry: dict[str, Primitive] = {}
+_services: set[str] = set()
 
 
 class UnknownPrimitiveError(LookupError):
@@ -28,7 +29,20 @@ def register(name: str) -> Callable[[Primitive], Primitive]:
     return decorate
 
 
+def register_service(name: str) -> None:
+    """Declare ``name`` a service: a primitive the runtime serves outside any transaction (a model
+    call, say), so it has no function here and cannot be called from inside a method."""
+    _services.add(name)
+
+
+def is_service(name: str | None) -> bool:
+    return name in _services
+
+
 def get(name: str) -> Primitive:
+    if name in _services:
+        raise UnknownPrimitiveError(
+            f"{name!r} is a service of the runtime; send it as a message, it cannot run inside a method")
     try:
         return _registry[name]
     except KeyError:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import persistent
 from ZODB.POSException import POSKeyError
 from transaction.interfaces import TransientError
 
+from batos.image import primitives
 from batos.image.objects import (
     METHOD_FILENAME_PREFIX, Method, MethodSourceError, UvmObject, compile_function,
     function_name_of, lookup, oid_text,
@@ -26,6 +28,16 @@ from batos.kernel.budget import MethodTimeout, call_with_budget
 from batos.kernel.protocol import Code, ProtocolError
 
 OID_TEXT = re.compile(r"^0x[0-9a-fA-F]{1,16}$")
+
+
+@dataclass(frozen=True)
+class ServiceCall:
+    """A send answered by a runtime service, outside any transaction (see primitives.register_service)."""
+
+    service: str
+    receiver: str
+    args: tuple
+    kwargs: dict
 
 
 def resolve_target(root, target: str) -> UvmObject:
@@ -143,6 +155,8 @@ class Dispatcher:
             if not isinstance(fallback, Method):
                 raise ProtocolError(Code.NOT_UNDERSTOOD, f"{receiver!r} does not understand {selector!r}")
             result = invoke(fallback, receiver, [selector, *args], kwargs, self.method_budget)
+        elif isinstance(value, Method) and value.origin == "primitive" and primitives.is_service(value.primitive):
+            return ServiceCall(value.primitive, oid_text(receiver), tuple(args), dict(kwargs))
         elif isinstance(value, Method):
             result = invoke(value, receiver, args, kwargs, self.method_budget)
         elif args or kwargs:

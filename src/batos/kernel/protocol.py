@@ -29,6 +29,9 @@ class Code:
     METHOD_ERROR = "method_error"  # the method raised
     TIMEOUT = "timeout"  # the method ran past its time budget; nothing was written
     CONFLICT = "conflict"  # write conflicts persisted past the retry cap; nothing was written
+    MODEL_UNAVAILABLE = "model_unavailable"  # no language model (off, failed, or not ready in time)
+    BACKEND_ERROR = "backend_error"  # the language model backend failed
+    IMPORT_FAILED = "import_failed"  # a model or adapter could not be imported; nothing was written
     BUSY = "busy"  # too many requests in flight
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
@@ -54,6 +57,11 @@ OPS: dict[str, tuple[dict[str, tuple], dict[str, tuple]]] = {
     "send": ({"target": (str,), "selector": (str,)}, {"args": (list,), "kwargs": (dict,)}),
     "define": ({"target": (str,), "source": (str,)}, {"selector": (str,)}),
     "pack": ({}, {"days": (int, float)}),
+    "upload": ({"upload_id": (str,), "offset": (int,), "data": (bytes,)}, {}),
+    "model_import": ({}, {"upload_id": (str,), "hub_id": (str,), "name": (str,)}),
+    "model_list": ({}, {}),
+    "model_use": ({"name": (str,)}, {}),
+    "expert_import": ({"upload_id": (str,)}, {"name": (str,)}),
 }
 WRITING_OPS = frozenset({"set", "send", "define"})
 _NAME_FIELDS = ("target", "slot", "selector")

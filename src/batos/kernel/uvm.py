@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import signal
+import tempfile
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from batos import __version__
+from batos.config import settings_from_env
 from batos.image import open_image
 from batos.image.genesis import SCHEMA_KEY, Image
-from batos.image.storage import DEFAULT_IMAGE
-from batos.kernel import protocol
+from batos.image.storage import DEFAULT_IMAGE, normalize_uri
+from batos.llm.core import CognitiveCore, ModelUnavailable
+from batos.llm.generation import BackendError
+from batos.llm.settings import LLMSettings
+from batos.kernel import protocol, services  # noqa: F401  (services registers its primitives)
 from batos.kernel.bridge import Bridge, Emit
-from batos.kernel.dispatch import Dispatcher
+from batos.kernel.dispatch import Dispatcher, ServiceCall
 from batos.kernel.logs import MESSAGES_LOGGER
 from batos.kernel.protocol import Code, ProtocolError, Request
+from batos.kernel.uploads import Uploads
 from batos.kernel.workers import ConflictRetriesExhausted, JobAbandoned, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -29,6 +37,9 @@ message_log = logging.getLogger(MESSAGES_LOGGER)
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 # A worker gets this much longer than a method's budget before its waiter gives up on it.
 WORKER_GRACE_SECONDS = 5.0
+# How long a model call waits for the model to be imported and loaded.
+MODEL_WAIT_SECONDS = 1800.0
+MODEL_OPS = frozenset({"upload", "model_import", "model_list", "model_use", "expert_import"})
 
 
 @dataclass
@@ -44,26 +55,12 @@ class Settings:
     log_file: str = "logs/batos.jsonl"
     curve_secret_key: str | None = None
 
+    llm: str = "embedded"
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then BATOS_* variables, then ``overrides`` that are not None."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            raw = environ.get(f"BATOS_{field.name.upper()}")
-            if raw is not None:
-                values[field.name] = _parse_setting(field.name, raw, field.default)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-
-def _parse_setting(name: str, raw: str, default: Any) -> Any:
-    if isinstance(default, bool) or default is None or isinstance(default, str):
-        return raw
-    try:
-        return type(default)(raw)
-    except ValueError:
-        raise ValueError(f"BATOS_{name.upper()} must be a {type(default).__name__}, not {raw!r}") from None
+        return settings_from_env(cls, environ=environ, **overrides)
 
 
 class UVM:
@@ -76,6 +73,8 @@ class UVM:
         self.pool: WorkerPool | None = None
         self.bridge: Bridge | None = None
         self.dispatcher = Dispatcher(method_budget=settings.method_budget)
+        self.core: CognitiveCore | None = None
+        self.uploads: Uploads | None = None
         self.started_at = time.time()
         self.counts: Counter[str] = Counter()
         self.failure: BaseException | None = None
@@ -88,9 +87,15 @@ class UVM:
         """
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        llm_settings = LLMSettings.from_env()
+        CognitiveCore.check(self.settings.llm, llm_settings)  # a bad configuration touches nothing
         self.image = open_image(self.settings.image)
         serve_task = None
         try:
+            self.core = CognitiveCore(self.image.db, self.settings.llm, llm_settings,
+                                      scratch=self._side_folder("scratch"))
+            self.uploads = Uploads(self._side_folder("uploads"))
+            self.uploads.clean_stale()
             self.pool = WorkerPool(self.image.db, self.settings.workers)
             self.pool.start()
             self.bridge = Bridge(
@@ -108,6 +113,7 @@ class UVM:
                      self.bridge.bound_endpoint, os.getpid())
             if self.on_ready is not None:
                 self.on_ready(self.bridge.bound_endpoint)
+            threading.Thread(target=self.core.awaken, name="batos-awaken", daemon=True).start()
             await self._stopping.wait()
         finally:
             await self._shut_down(serve_task)
@@ -150,6 +156,7 @@ class UVM:
         for name, close in (
             ("workers", lambda: self.pool and self.pool.stop(self.settings.drain_seconds)),
             ("bridge", lambda: self.bridge and self.bridge.close()),
+            ("language model", lambda: self.core and self.core.close()),
             ("image", lambda: self.image and self.image.close()),
         ):
             try:
@@ -175,7 +182,7 @@ class UVM:
         try:
             if self._stopping.is_set():
                 raise ProtocolError(Code.SHUTTING_DOWN, "the UVM is shutting down")
-            result = await self._perform(request)
+            result = await self._perform(request, emit)
             reply = protocol.ok_reply(request.id, result)
         except ProtocolError as exc:
             outcome = exc.code
@@ -192,25 +199,95 @@ class UVM:
         }})
         return reply
 
-    async def _perform(self, request: Request) -> Any:
-        if request.op == "ping":
+    async def _perform(self, request: Request, emit: Emit) -> Any:
+        op, fields = request.op, request.fields
+        if op == "ping":
             return {"pong": True, "version": __version__, "pid": os.getpid()}
-        if request.op == "stats":
+        if op == "stats":
             return await self.pool.run(self.stats, writes=False)
-        if request.op == "pack":
-            days = request.fields.get("days", 0)
-            await asyncio.to_thread(self.image.db.pack, days=days)
+        if op == "pack":
+            await asyncio.to_thread(self.image.db.pack, days=fields.get("days", 0))
             return {"packed": True, "size": self.image.db.getSize()}
-        operation = functools.partial(getattr(self.dispatcher, f"op_{request.op}"), fields=request.fields)
+        if op in MODEL_OPS:
+            return await self._model_op(op, fields, emit)
+        operation = functools.partial(getattr(self.dispatcher, f"op_{op}"), fields=fields)
         try:
-            return await self.pool.run(
-                operation, writes=request.op in protocol.WRITING_OPS,
+            result = await self.pool.run(
+                operation, writes=op in protocol.WRITING_OPS,
                 timeout=self.settings.method_budget + WORKER_GRACE_SECONDS,
             )
         except JobAbandoned:
             raise ProtocolError(Code.TIMEOUT, "the request did not finish in time; nothing was written") from None
         except ConflictRetriesExhausted as exc:
             raise ProtocolError(Code.CONFLICT, str(exc)) from None
+        if isinstance(result, ServiceCall):
+            return await self._serve(result, emit)
+        return result
+
+    async def _serve(self, call: ServiceCall, emit: Emit) -> Any:
+        """Run a service primitive outside any transaction (progress of a model still loading
+        goes to the caller as events)."""
+        if call.service != services.INFER:
+            raise ProtocolError(Code.NOT_UNDERSTOOD, f"no service {call.service!r} in this UVM")
+        try:
+            with self._forwarding_events(emit):
+                generation = await asyncio.to_thread(self.core.generate, *call.args, timeout=MODEL_WAIT_SECONDS, **call.kwargs)
+        except TypeError as exc:
+            raise ProtocolError(Code.BAD_REQUEST, f"infer_: {exc}") from None
+        except (ModelUnavailable, TimeoutError) as exc:
+            raise ProtocolError(Code.MODEL_UNAVAILABLE, str(exc)) from None
+        except BackendError as exc:
+            kind = "transient" if exc.transient else "permanent"
+            raise ProtocolError(Code.BACKEND_ERROR, f"{exc} ({kind})") from None
+        return generation.text
+
+    async def _model_op(self, op: str, fields: dict, emit: Emit) -> Any:
+        """Model and expert management: blocking work in a thread, progress as events."""
+        if op == "upload":
+            size = await asyncio.to_thread(self.uploads.append, fields["upload_id"], fields["offset"], fields["data"])
+            return {"upload_id": fields["upload_id"], "size": size}
+        if op == "model_list":
+            return await asyncio.to_thread(self.core.list_models)
+        upload = fields.get("upload_id")
+        try:
+            with self._forwarding_events(emit):
+                if op == "model_use":
+                    return await asyncio.to_thread(self.core.use_model, fields["name"])
+                if op == "expert_import":
+                    names = await asyncio.to_thread(self.core.import_experts, self.uploads.finished(upload), fields.get("name"))
+                    return {"imported": names}
+                if not (upload or fields.get("hub_id")) or (upload and fields.get("hub_id")):
+                    raise ProtocolError(Code.BAD_REQUEST, "model_import takes exactly one of upload_id and hub_id")
+                source = self.uploads.finished(upload) if upload else fields["hub_id"]
+                return await asyncio.to_thread(self.core.import_model, source, fields.get("name"), not upload)
+        except KeyError as exc:
+            raise ProtocolError(Code.NOT_FOUND, str(exc.args[0] if exc.args else exc)) from None
+        except ModelUnavailable as exc:
+            raise ProtocolError(Code.MODEL_UNAVAILABLE, str(exc)) from None
+        except (ValueError, OSError) as exc:
+            raise ProtocolError(Code.IMPORT_FAILED, f"{type(exc).__name__}: {exc}; nothing was imported") from None
+        finally:
+            if upload and op != "upload":
+                self.uploads.discard(upload)
+
+    @contextlib.contextmanager
+    def _forwarding_events(self, emit: Emit):
+        """While inside, the core's state and progress reach this request's client as events."""
+        loop = asyncio.get_running_loop()
+
+        def forward(event: dict) -> None:
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(emit(event)))
+
+        self.core.add_listener(forward)
+        try:
+            yield
+        finally:
+            self.core.remove_listener(forward)
+
+    def _side_folder(self, kind: str) -> str:
+        """``IMAGE.fs.KIND/`` beside a file image; a temporary folder for other storages."""
+        path = normalize_uri(self.settings.image).file_path
+        return f"{path}.{kind}" if path else tempfile.mkdtemp(prefix=f"batos-{kind}-")
 
     def stats(self, root) -> dict[str, Any]:
         """Figures about this process and its image (runs in a worker, reading the root)."""
@@ -231,4 +308,5 @@ class UVM:
             "in_flight": len(self.bridge.in_flight) if self.bridge else 0,
             "dropped_replies": self.bridge.dropped_replies if self.bridge else 0,
             "messages": dict(self.counts),
+            "llm": self.core.stats() if self.core else {"state": "off"},
         }

@@ -1,0 +1,26 @@
+"""Contracts of the language-model layer, stated in prose."""
+
+from zope.interface import Attribute, Interface
+
+
+class IBackend(Interface):
+    """Something that turns chat messages into text.
+
+    ``generate`` blocks the calling thread (callers run it off the event loop) and never touches
+    the image: no transaction may be open across it. Calls on one backend are served one at a
+    time; ``waiting`` counts the callers queued behind the one running. A failure raises
+    BackendError whose ``transient`` flag says whether the same call may succeed if retried
+    (time-outs, connection errors, 5xx) or not (bad request, unknown expert).
+    """
+
+    name = Attribute("a short description of the loaded model")
+    waiting = Attribute("number of calls queued behind the one running")
+
+    def generate(messages, expert=None, max_new_tokens=256, stop=None, temperature=0.0, seed=None):
+        """Return a Generation: the text plus token counts and timings."""
+
+    def stats():
+        """Plain data describing the backend: model, devices, experts and their tiers."""
+
+    def close():
+        """Release the model and everything it holds."""

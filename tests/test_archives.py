@@ -1,0 +1,116 @@
+"""Hostile archives are refused whole and write nothing, anywhere."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+import zipfile
+
+import pytest
+
+from batos.image.archives import UnsafeArchiveError, safe_extract
+
+
+def make_tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def file_member(name, data=b"x"):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def special_member(name, kind, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info, None
+
+
+HOSTILE_TARS = {
+    "dotdot": [file_member("ok.txt"), file_member("../escaped.txt")],
+    "absolute": [file_member("/tmp/batos-absolute-escape.txt")],
+    "symlink_out": [special_member("link", tarfile.SYMTYPE, "../../outside"), file_member("ok.txt")],
+    "symlink_absolute": [special_member("link", tarfile.SYMTYPE, "/etc/passwd")],
+    "hardlink_out": [special_member("hard", tarfile.LNKTYPE, "../outside")],
+    "device": [special_member("dev", tarfile.CHRTYPE)],
+    "fifo": [special_member("pipe", tarfile.FIFOTYPE)],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_TARS))
+def test_hostile_tar_is_refused_and_writes_nothing(tmp_path, kind):
+    archive = make_tar(tmp_path / "evil.tar", HOSTILE_TARS[kind])
+    before = set(os.listdir(tmp_path))
+    target = tmp_path / "out" / "target"
+    with pytest.raises(UnsafeArchiveError):
+        safe_extract(archive, target)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert set(os.listdir(tmp_path)) - before <= {"out"}
+    assert not os.path.exists("/tmp/batos-absolute-escape.txt")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_zip_slip_and_zip_symlink_are_refused(tmp_path):
+    slip = tmp_path / "slip.zip"
+    with zipfile.ZipFile(slip, "w") as z:
+        z.writestr("fine.txt", "ok")
+        z.writestr("../../slipped.txt", "gotcha")
+    with pytest.raises(UnsafeArchiveError, match=r"\.\."):
+        safe_extract(slip, tmp_path / "a")
+    absolute = tmp_path / "abs.zip"
+    with zipfile.ZipFile(absolute, "w") as z:
+        z.writestr("/abs.txt", "gotcha")
+    with pytest.raises(UnsafeArchiveError, match="absolute"):
+        safe_extract(absolute, tmp_path / "b")
+    link = tmp_path / "link.zip"
+    with zipfile.ZipFile(link, "w") as z:
+        info = zipfile.ZipInfo("link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        z.writestr(info, "/etc/passwd")
+    with pytest.raises(UnsafeArchiveError, match="symbolic link"):
+        safe_extract(link, tmp_path / "c")
+    assert not any((tmp_path / d).exists() for d in "abc")
+    assert not (tmp_path.parent / "slipped.txt").exists()
+
+
+def test_size_bomb_and_member_flood_are_refused(tmp_path):
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("zeros.bin", b"\0" * (8 * 1024 * 1024))  # compresses to a few KiB
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(UnsafeArchiveError, match="bytes"):
+        safe_extract(bomb, tmp_path / "a", max_bytes=1024 * 1024)
+    flood = make_tar(tmp_path / "flood.tar", [file_member(f"f{i}") for i in range(50)])
+    with pytest.raises(UnsafeArchiveError, match="members"):
+        safe_extract(flood, tmp_path / "b", max_members=10)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_not_an_archive_and_existing_target(tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not an archive at all")
+    with pytest.raises(UnsafeArchiveError, match="neither"):
+        safe_extract(junk, tmp_path / "a")
+    good = make_tar(tmp_path / "good.tar", [file_member("dir/file.txt", b"hello")])
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(FileExistsError):
+        safe_extract(good, tmp_path / "exists")
+
+
+def test_good_archives_extract(tmp_path):
+    good = make_tar(tmp_path / "good.tar", [file_member("dir/file.txt", b"hello"),
+                                             special_member("dir/link", tarfile.SYMTYPE, "file.txt")])
+    out = safe_extract(good, tmp_path / "t")
+    assert (out / "dir" / "file.txt").read_bytes() == b"hello"
+    assert (out / "dir" / "link").read_bytes() == b"hello"
+    z = tmp_path / "good.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("a/b.txt", "zip")
+    assert (safe_extract(z, tmp_path / "z") / "a" / "b.txt").read_text() == "zip"

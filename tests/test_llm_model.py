@@ -1,0 +1,212 @@
+"""The real default model: imported into the image, loaded from its blobs, with real LoRA experts."""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from batos.image import open_image
+from batos.image.blobs import import_folder, verify_bundle
+from batos.llm.core import CognitiveCore
+from batos.llm.embedded import EmbeddedBackend
+from batos.llm.settings import LLMSettings
+
+from conftest import Server, llm_env, opened_root, run_cli
+
+pytestmark = pytest.mark.slow
+HAIKU = "Write a haiku about persistence"
+
+
+def wait_for_state(client, states: set[str], timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        llm = client.stats()["llm"]
+        if llm["state"] in states:
+            return llm
+        time.sleep(0.02)
+    raise AssertionError(f"the model never reached {states}: {llm}")
+
+
+@pytest.fixture(scope="session")
+def adapters(tmp_path_factory, plain_model_folder) -> Path:
+    """A staging folder with two small random LoRA adapters made with peft on the real model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    staging = tmp_path_factory.mktemp("lora_adapters")
+    for seed, name in ((1, "BRICK"), (2, "ROBIN")):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(plain_model_folder, dtype=torch.bfloat16)
+        config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        get_peft_model(base, config).save_pretrained(staging / name)
+        del base
+        gc.collect()
+    return staging
+
+
+def test_default_model_imports_into_a_fresh_image_and_generates_after_restart(image_path, model_cache):
+    srv = Server(image_path, env=llm_env(model_cache)).start()
+    with srv.client(timeout=600) as c:
+        assert c.stats()["llm"]["state"] != "off"  # the bridge answers while the model is still coming
+        first = c.send("pLLM_obj", "infer_", HAIKU, max_new_tokens=24)
+        llm = c.stats()["llm"]
+    assert isinstance(first, str) and len(first.split()) >= 3
+    assert "qwen" in llm["model"] and llm["device_map"] and llm["state"] == "ready"
+    assert srv.stop() == 0
+    stats = run_cli("doctor", "--image", str(image_path))
+    assert stats.returncode == 0 and "blobs" in stats.stdout
+
+    srv = Server(image_path, endpoint=srv.endpoint, env=llm_env(model_cache)).start()
+    try:
+        with srv.client(timeout=600) as c:
+            again = c.send("pLLM_obj", "infer_", HAIKU, max_new_tokens=24)
+            models = c.call("model_list")
+        assert again == first  # greedy decoding of the same weights
+        assert len(models["models"]) == 1 and models["active"] == llm["model"]
+    finally:
+        assert srv.stop() == 0
+    log = (image_path.parent / "logs" / "batos.jsonl").read_text()
+    assert log.count("importing qwen") >= 1
+    second_start = log[log.rindex("serving"):]
+    assert "importing" not in second_start  # the second start loads from the image, imports nothing
+
+
+def test_kill_9_during_the_genesis_import_leaves_no_half_bundle(image_path, model_cache):
+    srv = Server(image_path, env=llm_env(model_cache)).start()
+    with srv.client() as c:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            progress = c.stats()["llm"].get("progress", {})
+            if progress.get("what", "").startswith("importing") and progress["done"] < progress["total"]:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("never saw the import under way")
+    srv.kill()
+    with opened_root(image_path) as root:
+        pllm = root["pLLM_obj"]
+        if pllm.active_model is None:
+            assert len(pllm.model_bundles) == 0
+        else:  # the commit beat the kill: then the bundle is whole
+            assert verify_bundle(pllm.model_bundles[pllm.active_model]) == []
+
+    srv = Server(image_path, endpoint=srv.endpoint, env=llm_env(model_cache)).start()
+    try:
+        with srv.client(timeout=600) as c:
+            assert c.send("pLLM_obj", "infer_", HAIKU, max_new_tokens=8)
+            assert len(c.call("model_list")["models"]) == 1
+    finally:
+        srv.stop()
+    assert run_cli("doctor", "--image", str(image_path)).returncode == 0
+
+
+def test_logits_from_the_image_equal_logits_from_the_plain_folder(plain_model_folder, tmp_path):
+    import torch
+
+    settings = LLMSettings(model_dtype="bfloat16")
+    plain = EmbeddedBackend(plain_model_folder, settings, "plain")
+    expected = plain.logits("def fibonacci(n):")
+    plain.close()
+    del plain
+    gc.collect()
+
+    img = open_image(str(tmp_path / "image.fs"))
+    try:
+        with _transaction(img) as root:
+            root["pLLM_obj"].model_bundles["m"] = import_folder(plain_model_folder, "m", "test")
+        with _transaction(img) as root:
+            links = root["pLLM_obj"].model_bundles["m"].link_into(tmp_path / "links")
+        assert all(p.is_symlink() for p in links.iterdir())
+        from_image = EmbeddedBackend(links, settings, "image")
+        assert torch.equal(from_image.logits("def fibonacci(n):"), expected)
+        from_image.close()
+    finally:
+        img.close()
+
+
+class _transaction:
+    def __init__(self, img):
+        from conftest import Session
+        self.session = Session(img.db)
+
+    def __enter__(self):
+        return self.session.__enter__()
+
+    def __exit__(self, *exc):
+        self.session.__exit__(*exc)
+        self.session.close()
+
+
+def test_experts_move_from_staging_to_blobs_to_warm_to_hot_and_out(adapters, model_cache, tmp_path):
+    img = open_image(str(tmp_path / "image.fs"))
+    one_adapter = (adapters / "BRICK" / "adapter_model.safetensors").stat().st_size
+    settings = LLMSettings(model_cache=str(model_cache), lora_staging=str(adapters),
+                           max_hot_experts=1, warm_expert_bytes=one_adapter + 1)
+    core = CognitiveCore(img.db, "embedded", settings, tmp_path / "scratch")
+    try:
+        core.awaken()
+        assert core.state == "ready", core.error
+        tiers = core.stats()["experts"]
+        assert tiers == {"BRICK": "cold", "ROBIN": "cold"}
+        prompt = "Name three colours."
+        base = core.generate(prompt, max_new_tokens=16).text
+        brick = core.generate(prompt, expert="BRICK", max_new_tokens=16).text
+        assert core.stats()["experts"] == {"BRICK": "hot", "ROBIN": "cold"}
+        robin = core.generate(prompt, expert="ROBIN", max_new_tokens=16).text
+        assert len({base, brick, robin}) == 3  # each expert changes what the model says
+        # one hot slot: BRICK was evicted from the model; the byte budget keeps only ROBIN warm
+        assert core.stats()["experts"] == {"BRICK": "cold", "ROBIN": "hot"}
+        assert set(core.backend.peft.peft_config) == {"ROBIN"}
+        assert core.generate(prompt, expert="BRICK", max_new_tokens=16).text == brick  # back, same weights
+        core.backend.experts.evict("BRICK")
+        assert core.backend.peft is None  # no adapter left in the model
+        assert not any("lora_" in name for name, _ in core.backend.model.named_parameters())
+        assert core.generate(prompt, max_new_tokens=16).text == base
+        with pytest.raises(Exception, match="no expert named"):
+            core.generate(prompt, expert="NOBODY", max_new_tokens=4)
+
+        with _transaction(img) as root:
+            serials = {n: r._p_serial for n, r in root["pLLM_obj"].lora_repository.items()}
+        assert core.import_staged_experts() == ["BRICK", "ROBIN"]  # again: nothing new written
+        with _transaction(img) as root:
+            assert {n: r._p_serial for n, r in root["pLLM_obj"].lora_repository.items()} == serials
+            assert root["pLLM_obj"].lora_repository["BRICK"].config["r"] == 8
+    finally:
+        core.close()
+        img.close()
+
+
+def test_experts_and_models_through_the_bridge(adapters, model_cache, plain_model_folder, image_path, tmp_path):
+    srv = Server(image_path, env=llm_env(model_cache, BATOS_LORA_STAGING=str(tmp_path / "none"))).start()
+    e = ("--endpoint", srv.endpoint)
+    try:
+        imported = run_cli("expert", "import", str(adapters / "BRICK"), *e)
+        assert imported.returncode == 0, imported.stderr
+        assert json.loads(imported.stdout) == {"imported": ["BRICK"]}
+        base = run_cli("send", "pLLM_obj", "infer_", "Name three colours.", "--kw", "max_new_tokens=12", "--timeout", "600", *e)
+        styled = run_cli("send", "pLLM_obj", "infer_", "Name three colours.", "--kw", "max_new_tokens=12", "--expert", "BRICK", *e)
+        assert base.returncode == styled.returncode == 0 and base.stdout != styled.stdout
+        stats = json.loads(run_cli("stats", *e).stdout)["llm"]
+        assert stats["experts"] == {"BRICK": "hot"} and "qwen" in stats["model"]
+
+        copy = run_cli("model", "import", str(plain_model_folder), "--name", "copy", *e, "--timeout", "300")
+        assert copy.returncode == 0, copy.stderr
+        listed = json.loads(run_cli("model", "list", *e).stdout)
+        assert {m["name"] for m in listed["models"]} == {listed["active"], "copy"}
+        used = run_cli("model", "use", "copy", *e, "--timeout", "300")
+        assert used.returncode == 0, used.stderr
+        again = run_cli("send", "pLLM_obj", "infer_", "Name three colours.", "--kw", "max_new_tokens=12", *e)
+        assert again.stdout == base.stdout  # the same weights under another name
+        missing = run_cli("model", "use", "nothing", *e)
+        assert missing.returncode == 1 and "not_found" in missing.stderr
+        bad = tmp_path / "bad.tar"
+        bad.write_bytes(b"not a tar")
+        refused = run_cli("expert", "import", str(bad), *e)
+        assert refused.returncode == 1 and "import_failed" in refused.stderr
+    finally:
+        assert srv.stop() == 0

@@ -1,0 +1,50 @@
+"""Configuration of the language-model layer is checked before anything is opened or loaded."""
+
+from __future__ import annotations
+
+import pytest
+
+from batos.llm.generation import ConfigurationError
+from batos.llm.quantization import quantization_config
+from batos.llm.settings import LLMSettings
+
+from conftest import Server
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"load_in_4bit": True, "load_in_8bit": True}, "exclude each other"),
+    ({"llm_int8_enable_fp32_cpu_offload": True}, "needs BATOS_LOAD_IN_8BIT"),
+    ({"load_in_4bit": True, "llm_int8_enable_fp32_cpu_offload": True}, "needs BATOS_LOAD_IN_8BIT"),
+])
+def test_conflicting_quantization_flags_are_refused(flags, message):
+    with pytest.raises(ConfigurationError, match=message):
+        quantization_config(LLMSettings(**flags), cuda_available=True)
+
+
+def test_quantization_without_cuda_is_refused_and_none_needs_nothing():
+    with pytest.raises(ConfigurationError, match="CUDA"):
+        quantization_config(LLMSettings(load_in_8bit=True), cuda_available=False)
+    assert quantization_config(LLMSettings(), cuda_available=False) is None
+
+
+def test_settings_validation():
+    with pytest.raises(ConfigurationError, match="BATOS_MODEL_DTYPE"):
+        LLMSettings(model_dtype="int3").validate()
+    with pytest.raises(ConfigurationError, match="DEVICE=AMOUNT"):
+        LLMSettings(model_max_memory="lots").validate()
+    assert LLMSettings(model_max_memory="0=10GiB, cpu=20GiB").max_memory() == {0: "10GiB", "cpu": "20GiB"}
+    with pytest.raises(ConfigurationError, match="BATOS_LOAD_IN_4BIT"):
+        LLMSettings.from_env({"BATOS_LOAD_IN_4BIT": "perhaps"})
+
+
+@pytest.mark.parametrize("env", [
+    {"BATOS_LLM": "embedded", "BATOS_LOAD_IN_4BIT": "1", "BATOS_LOAD_IN_8BIT": "1"},
+    {"BATOS_LLM": "embedded", "BATOS_LLM_INT8_ENABLE_FP32_CPU_OFFLOAD": "true"},
+    {"BATOS_LLM": "telepathy"},
+    {"BATOS_LLM": "openai"},
+])
+def test_uvm_refuses_bad_llm_configuration_at_start_touching_nothing(tmp_path, env):
+    srv = Server(tmp_path / "img.fs", env=env).start(wait=False)
+    assert srv.process.wait(60) == 2
+    assert "BATOS_" in srv.process.stderr.read()
+    assert not (tmp_path / "img.fs").exists()
