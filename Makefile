@@ -27,6 +27,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/kernel.py
+	$(BIN)/python bench/awaken.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
