@@ -1,0 +1,1 @@
+"""The mind: the cognitive cycle, synthesis, the Guardian, the sandbox. Knows nothing of sockets."""

@@ -1,0 +1,208 @@
+"""The Guardian: a static audit of method source before it may be installed.
+
+Three rules, each violation reported with its line so that it can be fed back to the model:
+
+- **Shape**: the source is exactly one top-level function named like the selector, taking the
+  receiver as its first parameter, and nothing else.
+- **Persistence Covenant**: a method that changes the receiver's state (assigning or deleting
+  ``self.<slot>`` anywhere: plain, multiple-target, tuple, augmented, annotated, inside any block)
+  must end with ``self._p_changed = True``: as its last statement, or as the statement just before
+  a final ``return``. :func:`repair_covenant` adds the line deterministically.
+- **Safety**: no imports, ``global``/``nonlocal``, classes, generators or coroutines; none of the
+  builtins that reach code, files or namespaces (``exec``, ``eval``, ``compile``, ``open``,
+  ``__import__``, ``globals``, ``vars``, ``locals``...); ``getattr``/``setattr``/``delattr`` only
+  with a literal public name; no name or attribute beginning with ``_`` (except the covenant's
+  ``self._p_changed`` and the throwaway name ``_``); no frame, code or generator internals; no
+  format string that reaches into attributes or items; no bare ``except`` or ``except
+  BaseException`` (which would swallow the time budget). Lambdas and comprehensions are audited
+  like any other code.
+
+The Guardian is one layer of several (RestrictedPython, subprocess verification, time budgets);
+none of them is a security boundary alone.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+COVENANT = "self._p_changed = True"
+BANNED_CALLS = frozenset({
+    "exec", "eval", "compile", "open", "__import__", "globals", "vars", "locals", "input",
+    "breakpoint", "help", "exit", "quit", "memoryview", "classmethod", "staticmethod", "property",
+    "super", "object", "type",
+})
+NAME_CALLS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
+INTERNAL_ATTRIBUTES = frozenset({
+    "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame", "ag_code",
+    "f_globals", "f_locals", "f_builtins", "f_back", "f_code", "tb_frame", "tb_next", "co_code",
+    "func_globals", "func_code", "mro", "format_map",
+})
+FORMAT_REACH = re.compile(r"\{[^{}]*[.\[][^{}]*\}")
+
+
+class GuardianError(ValueError):
+    """Source the Guardian refuses; the message says where and why."""
+
+
+class CovenantViolationError(GuardianError):
+    """The method changes state without ending in ``self._p_changed = True``."""
+
+
+class SecurityViolation(GuardianError):
+    """The method uses something the safety policy forbids."""
+
+
+def _where(node: ast.AST) -> str:
+    return f"line {getattr(node, 'lineno', '?')}"
+
+
+def _is_covenant(node: ast.stmt) -> bool:
+    return (isinstance(node, ast.Assign) and len(node.targets) == 1
+            and _is_self_attribute(node.targets[0], "_p_changed")
+            and isinstance(node.value, ast.Constant) and node.value.value is True)
+
+
+def _is_self_attribute(node: ast.AST, name: str | None = None) -> bool:
+    return (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+            and (name is None or node.attr == name))
+
+
+def _flatten_targets(target: ast.AST):
+    if isinstance(target, (ast.Tuple, ast.List)):
+        for element in target.elts:
+            yield from _flatten_targets(element)
+    elif isinstance(target, ast.Starred):
+        yield from _flatten_targets(target.value)
+    else:
+        yield target
+
+
+def state_changes(function: ast.FunctionDef) -> list[ast.AST]:
+    """Every statement that assigns or deletes a ``self.<slot>`` (the covenant line excluded)."""
+    found = []
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign):
+            targets = [t for target in node.targets for t in _flatten_targets(target)]
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = [t for target in node.targets for t in _flatten_targets(target)]
+        else:
+            continue
+        if any(_is_self_attribute(t) and t.attr != "_p_changed" for t in targets):
+            found.append(node)
+    return found
+
+
+def _ends_with_covenant(body: list[ast.stmt]) -> bool:
+    if body and _is_covenant(body[-1]):
+        return True
+    return len(body) >= 2 and isinstance(body[-1], ast.Return) and _is_covenant(body[-2])
+
+
+def the_function(source: str, selector: str) -> ast.FunctionDef:
+    """Parse ``source`` and return its one function; GuardianError when the shape is wrong."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise GuardianError(f"line {exc.lineno}: the source does not parse: {exc.msg}") from None
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    if len(tree.body) != 1 or len(functions) != 1:
+        raise GuardianError(f"the source must be exactly one top-level 'def {selector}(self, ...)' and nothing else")
+    function = functions[0]
+    if function.name != selector:
+        raise GuardianError(f"line {function.lineno}: the function is named {function.name!r}; it must be {selector!r}")
+    params = function.args.posonlyargs + function.args.args
+    if not params or params[0].arg != "self":
+        raise GuardianError(f"line {function.lineno}: the first parameter must be 'self' (the receiver)")
+    if function.decorator_list:
+        raise SecurityViolation(f"{_where(function.decorator_list[0])}: decorators are not allowed")
+    return function
+
+
+def check_covenant(function: ast.FunctionDef) -> None:
+    changes = state_changes(function)
+    if changes and not _ends_with_covenant(function.body):
+        first = changes[0]
+        raise CovenantViolationError(
+            f"{_where(first)}: the method changes self's slots, so its last statement (or the one "
+            f"just before the final return) must be `{COVENANT}`")
+
+
+def check_safety(function: ast.FunctionDef) -> None:
+    for node in ast.walk(function):
+        problem = _unsafe(node, function)
+        if problem:
+            raise SecurityViolation(f"{_where(node)}: {problem}")
+
+
+def _unsafe(node: ast.AST, function: ast.FunctionDef) -> str | None:
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return "imports are not allowed; the method gets what it needs through self and its arguments"
+    if isinstance(node, (ast.Global, ast.Nonlocal)):
+        return f"'{type(node).__name__.lower()}' is not allowed"
+    if isinstance(node, (ast.ClassDef, ast.AsyncFunctionDef, ast.Await, ast.Yield, ast.YieldFrom)):
+        return f"{type(node).__name__} is not allowed in a method"
+    if isinstance(node, ast.FunctionDef) and node is not function:
+        return "nested function definitions are not allowed (use a lambda or a loop)"
+    if isinstance(node, ast.ExceptHandler):
+        if node.type is None:
+            return "a bare 'except:' would swallow the time budget; name the exceptions (e.g. except Exception)"
+        if isinstance(node.type, ast.Name) and node.type.id == "BaseException":
+            return "'except BaseException' would swallow the time budget; use 'except Exception'"
+    if isinstance(node, ast.Name):
+        if node.id in BANNED_CALLS:
+            return f"'{node.id}' is not allowed"
+        if node.id.startswith("_") and node.id != "_":
+            return f"the name {node.id!r} begins with '_'; such names are not allowed"
+    if isinstance(node, ast.Attribute):
+        if node.attr == "_p_changed" and _is_self_attribute(node):
+            return None if isinstance(node.ctx, ast.Store) else "self._p_changed may only be assigned"
+        if node.attr.startswith("_"):
+            return f"the attribute {node.attr!r} begins with '_'; such attributes are not allowed"
+        if node.attr in INTERNAL_ATTRIBUTES:
+            return f"the attribute {node.attr!r} reaches interpreter internals and is not allowed"
+        if node.attr == "format" and not isinstance(node.value, ast.Constant):
+            return "str.format on a computed template is not allowed; use an f-string"
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in NAME_CALLS:
+        name = node.args[1] if len(node.args) > 1 else None
+        if not (isinstance(name, ast.Constant) and isinstance(name.value, str) and not name.value.startswith("_")):
+            return f"{node.func.id}() needs a literal attribute name that does not begin with '_'"
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        if "__" in node.value:
+            return "string constants containing '__' are not allowed"
+        if FORMAT_REACH.search(node.value) and _used_as_template(node, function):
+            return "a format template may not reach into attributes or items ({x.attr}, {x[0]})"
+    return None
+
+
+def _used_as_template(constant: ast.Constant, function: ast.FunctionDef) -> bool:
+    return any(isinstance(n, ast.Attribute) and n.value is constant and n.attr in ("format", "format_map")
+               for n in ast.walk(function))
+
+
+def audit(source: str, selector: str) -> ast.FunctionDef:
+    """Check shape, safety and covenant (in that order); return the function's ast."""
+    function = the_function(source, selector)
+    check_safety(function)
+    check_covenant(function)
+    return function
+
+
+def repair_covenant(source: str, selector: str) -> str | None:
+    """``source`` with the covenant line added where it belongs, or None if it cannot help.
+
+    Only the covenant is repaired; shape and safety problems stay the model's to fix.
+    """
+    function = the_function(source, selector)
+    if not state_changes(function) or _ends_with_covenant(function.body):
+        return None
+    lines = source.splitlines()
+    last = function.body[-1]
+    indent = " " * last.col_offset
+    if isinstance(last, ast.Return):
+        lines.insert(last.lineno - 1, indent + COVENANT)
+    else:
+        lines.insert(last.end_lineno, indent + COVENANT)
+    return "\n".join(lines) + "\n"
