@@ -13,6 +13,7 @@ from zope.interface import implementer
 
 from batos.image import primitives
 from batos.image.interfaces import IMethod, IUvmObject
+from batos.image.restricted import compile_method
 
 PARENT_SLOT = "parent*"
 ORIGINS = ("architect", "synthesized", "primitive")
@@ -251,10 +252,8 @@ class Method(persistent.Persistent):
 
 
 def compile_function(selector: str, source: str, where: str | None):
-    filename = f"{METHOD_FILENAME_PREFIX}{selector} {where or 'new'}>"
-    namespace: dict[str, Any] = {"__name__": "batos.methods"}
-    exec(compile(source, filename, "exec"), namespace)
-    return namespace[selector]
+    """The method's function, compiled under RestrictedPython (see batos.image.restricted)."""
+    return compile_method(selector, source, f"{METHOD_FILENAME_PREFIX}{selector} {where or 'new'}>")
 
 
 class BoundMethod:

@@ -26,6 +26,7 @@ from batos.image.traits import NotUnderstood, describe
 from batos.image.values import from_plain, to_plain
 from batos.kernel.budget import MethodTimeout, call_with_budget
 from batos.kernel.protocol import Code, ProtocolError
+from batos.mind import guardian
 
 OID_TEXT = re.compile(r"^0x[0-9a-fA-F]{1,16}$")
 
@@ -136,9 +137,16 @@ class Dispatcher:
             if fields.get("selector", selector) != selector:
                 raise MethodSourceError(f"the source defines {selector!r}, not {fields['selector']!r}")
             _check_slot_name(selector)
-            compile_function(selector, source, oid_text(receiver))
         except (MethodSourceError, SyntaxError) as exc:
             raise ProtocolError(Code.INVALID_SOURCE, str(exc)) from None
+        try:
+            guardian.audit(source, selector)
+        except guardian.GuardianError as exc:
+            raise ProtocolError(Code.GUARDIAN_REJECTED, f"{type(exc).__name__}: {exc}") from None
+        try:
+            compile_function(selector, source, oid_text(receiver))
+        except SyntaxError as exc:
+            raise ProtocolError(Code.INVALID_SOURCE, f"RestrictedPython refused it: {exc}") from None
         current = receiver._slots.get(selector)
         method = current.successor(source) if isinstance(current, Method) else Method(selector, source)
         setattr(receiver, selector, method)

@@ -26,6 +26,8 @@ class Code:
     NOT_FOUND = "not_found"  # target object or slot does not exist
     NOT_UNDERSTOOD = "not_understood"  # no method for the selector anywhere in the chain
     INVALID_SOURCE = "invalid_source"  # define: source is not one function of that name
+    GUARDIAN_REJECTED = "guardian_rejected"  # define: the Guardian refused the source
+    SYNTHESIS_FAILED = "synthesis_failed"  # a cognitive cycle ended FAILED
     METHOD_ERROR = "method_error"  # the method raised
     TIMEOUT = "timeout"  # the method ran past its time budget; nothing was written
     CONFLICT = "conflict"  # write conflicts persisted past the retry cap; nothing was written
