@@ -1,0 +1,38 @@
+"""The subprocess verifier: examples checked in a limited child process."""
+
+from __future__ import annotations
+
+from batos.mind.sandbox import verify
+
+ADD = "def add_to_total(self, n):\n    self.total = self.total + n\n    self._p_changed = True\n    return self.total\n"
+
+
+def test_passing_and_failing_examples():
+    good = verify(ADD, "add_to_total", {"total": 10}, [{"args": [5], "result": 15, "after": {"total": 15}}])
+    assert good.ok, good.message
+    wrong = verify(ADD, "add_to_total", {"total": 10}, [{"args": [5], "result": 16}])
+    assert not wrong.ok and "expected 16" in wrong.message
+    after = verify(ADD, "add_to_total", {"total": 10}, [{"args": [5], "after": {"total": 0}}])
+    assert not after.ok and "slot 'total'" in after.message
+    per_example_slots = verify(ADD, "add_to_total", {"total": 10}, [{"slots": {"total": 1}, "args": [1], "result": 2}])
+    assert per_example_slots.ok
+
+
+def test_exceptions_endless_loops_and_memory_hogs_are_contained():
+    boom = verify("def f(self):\n    return 1 / 0\n", "f", {}, [])
+    assert not boom.ok and "ZeroDivisionError" in boom.message and "line 2" in boom.message
+    spin = verify("def f(self):\n    while True:\n        pass\n", "f", {}, [], wall_seconds=30)
+    assert not spin.ok and ("CPU" in spin.message or "wall-clock" in spin.message)
+    hog = verify("def f(self):\n    return len(bytearray(4 * 1024 * 1024 * 1024))\n", "f", {}, [])
+    assert not hog.ok and "MemoryError" in hog.message
+
+
+def test_restricted_python_applies_in_the_child():
+    refused = verify("def f(self):\n    return self.__class__\n", "f", {}, [])
+    assert not refused.ok and "RestrictedPython" in refused.message
+
+
+def test_the_child_cannot_write_files(tmp_path):
+    target = tmp_path / "written"
+    verdict = verify(f"def f(self):\n    return open({str(target)!r}, 'w')\n", "f", {}, [])
+    assert not verdict.ok and not target.exists()
