@@ -74,14 +74,17 @@ def test_older_schema_is_migrated(image_path, monkeypatch):
     assert len(calls) == 1
 
 
-def test_schema_1_image_gains_the_model_repositories(image_path):
+def test_schema_1_image_gains_the_model_repositories_and_cycle_states(image_path):
     with opened_root(image_path) as root:  # make it look like an image written by schema 1
         pllm = root["pLLM_obj"]
         for slot in ("model_bundles", "lora_repository", "active_model", "infer_"):
             del pllm._slots[slot]
+        for state in genesis_module.PSM_STATES:
+            del root["psm_prototypes_obj"]._slots[state]
         root[SCHEMA_KEY] = 1
     with opened_root(image_path) as root:
-        assert root[SCHEMA_KEY] == 2
+        assert root[SCHEMA_KEY] == genesis_module.SCHEMA_VERSION
+        assert root["psm_prototypes_obj"].SYNTHESIZING.name == "SYNTHESIZING"
         pllm = root["pLLM_obj"]
         assert len(pllm.model_bundles) == 0 and len(pllm.lora_repository) == 0
         assert pllm._slots["infer_"].primitive == "infer"

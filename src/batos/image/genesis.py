@@ -18,7 +18,9 @@ from batos.image.storage import ImageError, normalize_uri, open_database
 log = logging.getLogger(__name__)
 
 SCHEMA_KEY = "batos_schema"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+PSM_STATES = ("IDLE", "DECOMPOSING", "DELEGATING", "SYNTHESIZING", "VALIDATING", "AWAITING_APPROVAL",
+              "COMPLETE", "FAILED")
 
 PERSONAS = ("brick", "robin", "babs", "alfred")
 PLAIN_ROOT_OBJECTS = (
@@ -38,8 +40,17 @@ def give_pllm_its_repositories(root) -> None:
         pllm._slots["infer_"] = Method("infer_", origin="primitive", primitive="infer")
 
 
+def give_psm_its_states(root) -> None:
+    """Schema 3: the cognitive cycle's states, as prototypes in psm_prototypes_obj."""
+    psm = root["psm_prototypes_obj"]
+    for state in PSM_STATES:
+        if state not in psm._slots:
+            psm._slots[state] = UvmObject(parents=[root["traits_obj"]], name=state,
+                                          finished=state in ("COMPLETE", "FAILED"))
+
+
 # MIGRATIONS[n] turns a schema-n root into a schema-(n+1) root, in one transaction.
-MIGRATIONS: dict[int, Migration] = {1: give_pllm_its_repositories}
+MIGRATIONS: dict[int, Migration] = {1: give_pllm_its_repositories, 2: give_psm_its_states}
 
 
 class SchemaTooNewError(ImageError):
@@ -60,6 +71,7 @@ def genesis(root) -> None:
         root[key] = UvmObject(parents=[traits], name=key.removesuffix("_obj"))
     root["active_cycles"] = OOBTree()
     give_pllm_its_repositories(root)
+    give_psm_its_states(root)
     root[SCHEMA_KEY] = SCHEMA_VERSION
 
 

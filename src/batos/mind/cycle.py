@@ -1,0 +1,353 @@
+"""The cognitive cycle: a durable state machine that turns a not-understood message into a method.
+
+States are UvmObject prototypes in ``psm_prototypes_obj``; a cycle is a UvmObject in
+``active_cycles`` whose ``synthesis_state*`` slot points at its state. Every transition is one
+committed transaction, and the model is called with no transaction open. The loop:
+
+    IDLE -> DECOMPOSING     snapshot the target into a mission brief
+         -> DELEGATING      choose who writes it (persona, model)
+         -> SYNTHESIZING    ask the model; take the function out of its answer
+         -> VALIDATING      Guardian (covenant repaired without a model call), RestrictedPython,
+                            verification in a limited subprocess against the examples
+         -> COMPLETE        method installed in the same transaction
+            | AWAITING_APPROVAL (manual approval) | back to SYNTHESIZING with the failure as
+            feedback | FAILED (iteration cap, repeated candidate, permanent backend failure)
+
+Transient backend failures are retried with exponential backoff and jitter and do not count as
+iterations; they too are capped. After a crash, every cycle not finished resumes from its last
+committed state; install and COMPLETE share a transaction, so a method is installed once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import transaction
+import ZODB
+from persistent.list import PersistentList
+
+from batos.image.objects import Method, UvmObject, oid_text, parents_of
+from batos.image.values import to_plain
+from batos.image.genesis import PSM_STATES as STATES  # noqa: F401  (the states, for readers of this module)
+from batos.llm.generation import BackendError, Message
+from batos.mind import guardian, sandbox
+from batos.mind.synthesis import build_messages, extract_function
+
+log = logging.getLogger(__name__)
+
+FINISHED = ("COMPLETE", "FAILED")
+STATE_SLOT = "synthesis_state*"
+Generate = Callable[[list[Message]], str]
+Listener = Callable[[str, str], None]  # (cycle id, state)
+
+
+@dataclass
+class CyclePolicy:
+    max_iterations: int = 5
+    max_transient_retries: int = 5
+    backoff_base: float = 1.0
+    backoff_cap: float = 30.0
+    approval: str = "auto"  # or "manual"
+    persona: str = "BRICK"
+
+
+def state_of(cycle: UvmObject) -> str:
+    return cycle._slots[STATE_SLOT].name
+
+
+def summary(cycle: UvmObject, detail: bool = False) -> dict[str, Any]:
+    """A cycle as plain data (with every attempt when ``detail``)."""
+    slots = cycle._slots
+    data = {
+        "id": slots["cycle_id"], "state": state_of(cycle), "target": oid_text(slots["target"]),
+        "selector": slots["selector"], "iteration": slots["iteration"], "reason": slots.get("reason"),
+        "created": slots["created"], "updated": slots["updated"], "installed_version": slots.get("installed_version"),
+        "transitions": [dict(t) for t in slots["transitions"]],
+    }
+    if detail:
+        data["brief"] = to_plain(slots.get("brief"))
+        data["attempts"] = [dict(a) for a in slots["attempts"]]
+    return data
+
+
+def mission_brief(target: UvmObject, selector: str, args: list, kwargs: dict, intent: str | None,
+                  examples: list[dict]) -> dict[str, Any]:
+    """What the model is told about the target: data slots, known methods, related sources."""
+    data = {name: to_plain(value) for name, value in target._slots.items()
+            if name != "parent*" and not isinstance(value, Method)}
+    methods, related = [], []
+    for holder in [target, *parents_of(target)]:
+        for name, value in holder._slots.items():
+            if isinstance(value, Method) and not name.startswith("_"):
+                methods.append(name)
+                if value.origin != "primitive" and len(related) < 3:
+                    related.append(value.source)
+    return {"oid": oid_text(target), "name": data.get("name"), "selector": selector, "args": list(args),
+            "kwargs": dict(kwargs), "intent": intent, "examples": list(examples), "slots": data,
+            "methods": sorted(set(methods)), "related_sources": related}
+
+
+class CycleRunner:
+    """Runs cycles one at a time in a thread of its own, with its own connection."""
+
+    def __init__(self, db: ZODB.DB, generate: Generate, policy: CyclePolicy | None = None,
+                 model_name: Callable[[], str] | None = None, sleep: Callable[[float], None] = time.sleep):
+        self.generate = generate
+        self.policy = policy or CyclePolicy()
+        self.model_name = model_name or (lambda: "unknown")
+        self.sleep = sleep
+        self._manager = transaction.TransactionManager(explicit=True)
+        self._connection = db.open(transaction_manager=self._manager)
+        self._lock = threading.RLock()
+        self._done: dict[str, threading.Event] = {}
+        self._listeners: list[Listener] = []
+
+    # --- the cycle ------------------------------------------------------------------------------
+
+    def run(self, cycle_id: str) -> str:
+        """Drive one cycle until it finishes or waits for approval; return its state."""
+        with self._lock:
+            while True:
+                state = self._read(cycle_id, state_of)
+                if state in FINISHED or state == "AWAITING_APPROVAL":
+                    self._finished(cycle_id, state)
+                    return state
+                step = {"IDLE": self.decompose, "DECOMPOSING": self.delegate, "DELEGATING": self.synthesize,
+                        "SYNTHESIZING": self.synthesize, "VALIDATING": self.validate}[state]
+                step(cycle_id)
+
+    def decompose(self, cycle_id: str) -> None:
+        with self._cycle(cycle_id) as (root, cycle):
+            s = cycle._slots
+            s["brief"] = mission_brief(s["target"], s["selector"], s["args"], s["kwargs"], s["intent"], s["examples"])
+            self._move(root, cycle, "DECOMPOSING")
+
+    def delegate(self, cycle_id: str) -> None:
+        with self._cycle(cycle_id) as (root, cycle):
+            cycle._slots["persona"] = self.policy.persona
+            cycle._slots["model"] = self.model_name()
+            self._move(root, cycle, "DELEGATING")
+
+    def synthesize(self, cycle_id: str) -> None:
+        with self._cycle(cycle_id) as (root, cycle):
+            if state_of(cycle) != "SYNTHESIZING":
+                self._move(root, cycle, "SYNTHESIZING")
+            brief, attempts = to_plain(cycle._slots["brief"]), [dict(a) for a in cycle._slots["attempts"]]
+        messages = build_messages(brief, attempts)
+        started = time.perf_counter()
+        try:
+            answer = self._generate_with_retries(messages)  # no transaction is open here
+        except BackendError as exc:
+            return self._fail(cycle_id, f"the language model failed: {exc}")
+        seconds = time.perf_counter() - started
+        candidate = extract_function(answer, brief["selector"])
+        with self._cycle(cycle_id) as (root, cycle):
+            cycle._slots["attempts"].append({
+                "iteration": cycle._slots["iteration"], "prompt": messages[-1]["content"], "answer": answer,
+                "candidate": candidate, "verdict": None if candidate else f"no function named {brief['selector']!r} in the answer",
+                "generation_seconds": round(seconds, 3),
+            })
+            cycle._slots["attempts"]._p_changed = True
+            if candidate:
+                self._move(root, cycle, "VALIDATING")
+        if not candidate:
+            self._revise_or_fail(cycle_id)
+
+    def validate(self, cycle_id: str) -> None:
+        with self._cycle(cycle_id) as (root, cycle):
+            brief = to_plain(cycle._slots["brief"])
+            candidate = cycle._slots["attempts"][-1]["candidate"]
+        started = time.perf_counter()
+        source, verdict = self._check(candidate, brief)
+        with self._cycle(cycle_id) as (root, cycle):
+            attempt = cycle._slots["attempts"][-1]
+            attempt.update(verdict=verdict or "passed", final_source=source,
+                           validation_seconds=round(time.perf_counter() - started, 3))
+            cycle._slots["attempts"]._p_changed = True
+            if verdict is None:
+                cycle._slots["approved_source"] = source
+                if self.policy.approval == "manual":
+                    self._move(root, cycle, "AWAITING_APPROVAL")
+                else:
+                    self._install(root, cycle)
+                return
+        self._revise_or_fail(cycle_id)
+
+    def _check(self, candidate: str, brief: dict) -> tuple[str, str | None]:
+        """(source as it would be installed, None) or (candidate, why it was refused)."""
+        selector = brief["selector"]
+        try:
+            guardian.audit(candidate, selector)
+        except guardian.CovenantViolationError as exc:
+            repaired = guardian.repair_covenant(candidate, selector)
+            if repaired is None:
+                return candidate, f"Guardian: {exc}"
+            candidate = repaired  # the deterministic fix costs no model call
+            try:
+                guardian.audit(candidate, selector)
+            except guardian.GuardianError as exc:
+                return candidate, f"Guardian: {exc}"
+        except guardian.GuardianError as exc:
+            return candidate, f"Guardian: {exc}"
+        examples = brief["examples"] or [{"args": brief["args"], "kwargs": brief["kwargs"]}]
+        result = sandbox.verify(candidate, selector, brief["slots"], examples)
+        return candidate, None if result.ok else f"verification: {result.message}"
+
+    def _revise_or_fail(self, cycle_id: str) -> None:
+        with self._cycle(cycle_id) as (root, cycle):
+            attempts = cycle._slots["attempts"]
+            candidates = [a["candidate"] for a in attempts if a["candidate"]]
+            if len(candidates) >= 2 and candidates[-1] in candidates[:-1]:
+                return self._move(root, cycle, "FAILED", f"the model repeated an earlier candidate; last verdict: {attempts[-1]['verdict']}")
+            if cycle._slots["iteration"] >= self.policy.max_iterations:
+                return self._move(root, cycle, "FAILED", f"no valid method after {self.policy.max_iterations} iterations; last verdict: {attempts[-1]['verdict']}")
+            cycle._slots["iteration"] += 1
+            self._move(root, cycle, "SYNTHESIZING")
+
+    def _generate_with_retries(self, messages: list[Message]) -> str:
+        for retry in range(self.policy.max_transient_retries + 1):
+            try:
+                return self.generate(messages)
+            except BackendError as exc:
+                if not exc.transient or retry == self.policy.max_transient_retries:
+                    raise
+                delay = random.uniform(0, min(self.policy.backoff_cap, self.policy.backoff_base * 2 ** retry))
+                log.warning("transient backend failure (%s); retry %d in %.1f s", exc, retry + 1, delay)
+                self.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _install(self, root, cycle: UvmObject) -> None:
+        """Install the approved source and move to COMPLETE, in the caller's one transaction."""
+        s = cycle._slots
+        target, selector = s["target"], s["selector"]
+        current = target._slots.get(selector)
+        provenance = {"persona": s.get("persona"), "cycle": s["cycle_id"]}
+        if isinstance(current, Method):
+            method = current.successor(s["approved_source"], origin="synthesized", **provenance)
+        else:
+            method = Method(selector, s["approved_source"], origin="synthesized", **provenance)
+        method.model = s.get("model")
+        target._slots[selector] = method
+        target._p_changed = True
+        s["installed_version"] = method.version
+        self._move(root, cycle, "COMPLETE")
+
+    def _fail(self, cycle_id: str, reason: str) -> None:
+        with self._cycle(cycle_id) as (root, cycle):
+            self._move(root, cycle, "FAILED", reason)
+
+    def _move(self, root, cycle: UvmObject, state: str, reason: str | None = None) -> None:
+        s = cycle._slots
+        s[STATE_SLOT] = root["psm_prototypes_obj"]._slots[state]
+        s["updated"] = time.time()
+        s["transitions"].append({"state": state, "at": s["updated"]})
+        if reason:
+            s["reason"] = reason
+        log.info("cycle %s (%s): %s%s", s["cycle_id"], s["selector"], state, f" ({reason})" if reason else "")
+        cycle_id = s["cycle_id"]
+        transaction_manager = self._manager
+        transaction_manager.get().addAfterCommitHook(lambda ok: ok and self._notify(cycle_id, state))
+
+    # --- starting, waiting, approving --------------------------------------------------------------
+
+    def start_or_join(self, target_oid: str, selector: str, args: list, kwargs: dict,
+                      intent: str | None = None, examples: list | None = None) -> str:
+        """The open cycle for (target, selector), or a new one in IDLE; its id."""
+        with self._lock, self._transaction() as root:
+            for cycle in root["active_cycles"].values():
+                s = cycle._slots
+                if oid_text(s["target"]) == target_oid and s["selector"] == selector and state_of(cycle) not in FINISHED:
+                    return s["cycle_id"]
+            target = self._connection.get(int(target_oid, 16).to_bytes(8, "big"))
+            cycle_id = uuid.uuid4().hex[:12]
+            now = time.time()
+            root["active_cycles"][cycle_id] = UvmObject(
+                cycle_id=cycle_id, target=target, selector=selector, args=list(args), kwargs=dict(kwargs),
+                intent=intent, examples=list(examples or []), iteration=1, attempts=PersistentList(),
+                transitions=[{"state": "IDLE", "at": now}], created=now, updated=now,
+                **{STATE_SLOT: root["psm_prototypes_obj"]._slots["IDLE"]},
+            )
+            return cycle_id
+
+    def unfinished(self) -> list[str]:
+        """Cycles to resume after a restart (not finished, not waiting for approval)."""
+        with self._transaction() as root:
+            cycles = root.get("active_cycles") or {}
+            return [c._slots["cycle_id"] for c in cycles.values() if state_of(c) not in (*FINISHED, "AWAITING_APPROVAL")]
+
+    def decide(self, cycle_id: str, approve: bool) -> str:
+        """Approve (install) or reject a cycle waiting for approval; its new state."""
+        with self._lock:
+            with self._cycle(cycle_id) as (root, cycle):
+                if state_of(cycle) != "AWAITING_APPROVAL":
+                    raise ValueError(f"cycle {cycle_id} is {state_of(cycle)}, not AWAITING_APPROVAL")
+                if approve:
+                    self._install(root, cycle)
+                else:
+                    self._move(root, cycle, "FAILED", "rejected by the architect")
+            state = self._read(cycle_id, state_of)
+            self._finished(cycle_id, state)
+            return state
+
+    def waiter(self, cycle_id: str) -> threading.Event:
+        with self._lock:
+            return self._done.setdefault(cycle_id, threading.Event())
+
+    def _finished(self, cycle_id: str, state: str) -> None:
+        self.waiter(cycle_id).set()
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def _notify(self, cycle_id: str, state: str) -> None:
+        for listener in list(self._listeners):
+            with contextlib.suppress(Exception):
+                listener(cycle_id, state)
+
+    def read(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(root)`` in a read-only transaction of the runner's connection."""
+        with self._lock:
+            self._manager.begin()
+            try:
+                return fn(self._connection.root())
+            finally:
+                self._manager.abort()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._connection.close()
+
+    # --- transactions -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        with self._lock:
+            self._manager.begin()
+            try:
+                yield self._connection.root()
+                self._manager.commit()
+            except BaseException:
+                self._manager.abort()
+                raise
+
+    @contextlib.contextmanager
+    def _cycle(self, cycle_id: str) -> Iterator[tuple[Any, UvmObject]]:
+        with self._transaction() as root:
+            cycle = root["active_cycles"].get(cycle_id)
+            if cycle is None:
+                raise KeyError(f"no cycle {cycle_id}")
+            yield root, cycle
+
+    def _read(self, cycle_id: str, fn: Callable[[UvmObject], Any]) -> Any:
+        return self.read(lambda root: fn(root["active_cycles"][cycle_id]))

@@ -1,0 +1,73 @@
+"""Asking a model for a missing method: the covenant prompt, and taking the function out of the answer."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import textwrap
+from typing import Any
+
+from batos.llm.generation import Message
+
+SYSTEM_PROMPT = """You write exactly one Python method for a persistent prototype object system.
+Rules:
+1. Answer with one function definition `def {selector}(self, ...)` and nothing else: no prose, no imports, no classes, no example calls.
+2. `self` is the object receiving the message. Read and write its slots as attributes, e.g. `self.total`.
+3. The Persistence Covenant: if the function assigns any `self.<slot>`, then the statement just before its final `return` (or its last statement) must be `self._p_changed = True`.
+4. Never use names or attributes that begin with `_` (only `self._p_changed` is allowed), and never use eval, exec, open, compile, globals, vars, getattr or setattr.
+5. Return a plain value: str, int, float, bool, None, list or dict."""
+
+FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+
+
+def describe_value(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def build_messages(brief: dict[str, Any], attempts: list[dict[str, Any]]) -> list[Message]:
+    """The conversation for the next attempt: the mission, then what went wrong so far."""
+    selector = brief["selector"]
+    slots = "\n".join(f"  - {name}: {describe_value(value)}" for name, value in brief["slots"].items()) or "  (none)"
+    call = ", ".join([*(describe_value(a) for a in brief["args"]),
+                      *(f"{k}={describe_value(v)}" for k, v in brief["kwargs"].items())])
+    lines = [
+        f"The object {brief['name'] or brief['oid']} received the message `{selector}({call})`, "
+        f"which nothing in its delegation chain understands.",
+        f"Its slots:\n{slots}",
+    ]
+    if brief.get("methods"):
+        lines.append("Methods it already understands: " + ", ".join(brief["methods"]))
+    for source in brief.get("related_sources", []):
+        lines.append(f"A related method:\n```python\n{source}```")
+    if brief.get("intent"):
+        lines.append(f"What the method must do: {brief['intent']}")
+    for example in brief.get("examples", []):
+        lines.append(f"Example: {describe_value(example, 300)}")
+    lines.append(f"Write `def {selector}(self{', ...' if call else ''})` so that the call above works.")
+    messages: list[Message] = [
+        {"role": "system", "content": SYSTEM_PROMPT.format(selector=selector)},
+        {"role": "user", "content": "\n\n".join(lines)},
+    ]
+    for attempt in attempts[-2:]:  # the last two failures are enough context for a small model
+        messages.append({"role": "assistant", "content": f"```python\n{attempt['candidate'] or attempt['answer']}\n```"})
+        messages.append({"role": "user", "content": f"That was rejected: {attempt['verdict']}\nWrite the corrected `def {selector}`."})
+    return messages
+
+
+def extract_function(answer: str, selector: str) -> str | None:
+    """The source of the function named ``selector`` in a model's answer, or None.
+
+    Looks in fenced blocks first, then the whole answer; accepts the function at the top level or
+    as a method of a class (dedented).
+    """
+    for block in [*FENCE.findall(answer), answer]:
+        try:
+            tree = ast.parse(textwrap.dedent(block))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name == selector:
+                return ast.unparse(node) + "\n"
+    return None

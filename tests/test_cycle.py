@@ -1,0 +1,204 @@
+"""Every transition and failure path of the cognitive cycle, with a scripted (test-only) model."""
+
+from __future__ import annotations
+
+import pytest
+
+from batos.image import Method, open_image
+from batos.image.objects import oid_text
+from batos.llm.generation import BackendError
+from batos.mind.cycle import CyclePolicy, CycleRunner, state_of
+
+from conftest import opened_root
+
+GOOD = "```python\ndef add_to_total(self, n):\n    self.total = self.total + n\n    self._p_changed = True\n    return self.total\n```"
+NO_COVENANT = "def add_to_total(self, n):\n    self.total = self.total + n\n    return self.total\n"
+WRONG = "def add_to_total(self, n):\n    return n\n"
+UNSAFE = "def add_to_total(self, n):\n    return eval('1')\n"
+PROSE = "I would add the number to the total."
+EXAMPLE = {"slots": {"total": 10}, "args": [5], "result": 15, "after": {"total": 15}}
+
+
+class Script:
+    """Answers in order; an exception in the script is raised instead of answering."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = 0
+        self.prompts = []
+
+    def __call__(self, messages):
+        self.calls += 1
+        self.prompts.append(messages)
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+@pytest.fixture
+def image(tmp_path):
+    with opened_root(tmp_path / "image.fs") as root:
+        counter = root["genesis_obj"].clone()
+        counter.name = "counter"
+        counter.total = 10
+        root["counter_obj"] = counter
+    img = open_image(str(tmp_path / "image.fs"))
+    yield img
+    img.close()
+
+
+def start(image, script, examples=(EXAMPLE,), **policy):
+    runner = CycleRunner(image.db, script, CyclePolicy(backoff_base=0.001, **policy), model_name=lambda: "scripted")
+    target = runner.read(lambda root: oid_text(root["counter_obj"]))
+    cycle_id = runner.start_or_join(target, "add_to_total", [5], {}, "add the argument to total and return it", list(examples))
+    return runner, cycle_id
+
+
+def cycle(runner, cycle_id):
+    return runner.read(lambda root: {
+        "state": state_of(root["active_cycles"][cycle_id]),
+        "slots": dict(root["active_cycles"][cycle_id]._slots),
+        "states": [t["state"] for t in root["active_cycles"][cycle_id]._slots["transitions"]],
+        "attempts": [dict(a) for a in root["active_cycles"][cycle_id]._slots["attempts"]],
+        "method": root["counter_obj"]._slots.get("add_to_total"),
+        "total": root["counter_obj"].total,
+    })
+
+
+def test_success_walks_every_state_and_installs_once(image):
+    runner, cid = start(image, Script(GOOD))
+    assert runner.run(cid) == "COMPLETE"
+    seen = cycle(runner, cid)
+    assert seen["states"] == ["IDLE", "DECOMPOSING", "DELEGATING", "SYNTHESIZING", "VALIDATING", "COMPLETE"]
+    method = seen["method"]
+    assert isinstance(method, Method) and method.origin == "synthesized" and method.cycle == cid
+    assert method.version == 1 and method.model == "scripted" and method.persona == "BRICK"
+    assert seen["total"] == 10  # verification ran on a copy; the target was not touched
+    assert runner.run(cid) == "COMPLETE"  # running it again installs nothing more
+    assert cycle(runner, cid)["method"].version == 1
+    runner.close()
+
+
+def test_covenant_is_repaired_without_another_model_call(image):
+    script = Script(NO_COVENANT)
+    runner, cid = start(image, script)
+    assert runner.run(cid) == "COMPLETE"
+    assert script.calls == 1
+    assert "self._p_changed = True" in cycle(runner, cid)["method"].source
+    runner.close()
+
+
+@pytest.mark.parametrize("bad, verdict", [(WRONG, "verification"), (UNSAFE, "Guardian"), (PROSE, "no function")])
+def test_a_failure_is_fed_back_and_the_revision_succeeds(image, bad, verdict):
+    script = Script(bad, GOOD)
+    runner, cid = start(image, script)
+    assert runner.run(cid) == "COMPLETE"
+    seen = cycle(runner, cid)
+    assert [a["verdict"].split(":")[0] if a["verdict"] else None for a in seen["attempts"]][0].startswith(verdict.split()[0])
+    assert "rejected" in script.prompts[1][-1]["content"]  # the second prompt carries the feedback
+    assert seen["slots"]["iteration"] == 2
+    runner.close()
+
+
+def test_iteration_cap_ends_in_failed_and_leaves_the_target_untouched(image):
+    script = Script(*[f"def add_to_total(self, n):\n    return n + {i}\n" for i in range(3)])
+    runner, cid = start(image, script, max_iterations=3)
+    assert runner.run(cid) == "FAILED"
+    seen = cycle(runner, cid)
+    assert "after 3 iterations" in seen["slots"]["reason"] and script.calls == 3
+    assert seen["method"] is None and seen["total"] == 10
+    runner.close()
+
+
+def test_a_repeated_candidate_stops_early(image):
+    script = Script(WRONG, WRONG, GOOD)
+    runner, cid = start(image, script)
+    assert runner.run(cid) == "FAILED"
+    assert "repeated" in cycle(runner, cid)["slots"]["reason"] and script.calls == 2
+    runner.close()
+
+
+def test_transient_failures_are_retried_and_not_counted(image):
+    naps = []
+    script = Script(BackendError("timeout", transient=True), BackendError("502", transient=True), GOOD)
+    runner, cid = start(image, script)
+    runner.sleep = naps.append
+    assert runner.run(cid) == "COMPLETE"
+    assert script.calls == 3 and len(naps) == 2 and cycle(runner, cid)["slots"]["iteration"] == 1
+    assert all(n >= 0 for n in naps)
+    runner.close()
+
+
+def test_transient_retries_are_capped_and_permanent_failures_end_the_cycle(image):
+    runner, cid = start(image, Script(*[BackendError("down", transient=True)] * 3), max_transient_retries=2)
+    runner.sleep = lambda s: None
+    assert runner.run(cid) == "FAILED" and "down" in cycle(runner, cid)["slots"]["reason"]
+    runner.close()
+    runner, cid = start(image, Script(BackendError("bad request", transient=False)))
+    assert runner.run(cid) == "FAILED"
+    runner.close()
+
+
+def test_manual_approval_waits_then_installs_or_rejects(image):
+    runner, cid = start(image, Script(GOOD), approval="manual")
+    assert runner.run(cid) == "AWAITING_APPROVAL"
+    assert cycle(runner, cid)["method"] is None
+    assert runner.decide(cid, approve=True) == "COMPLETE"
+    assert cycle(runner, cid)["method"].version == 1
+    with pytest.raises(ValueError):
+        runner.decide(cid, approve=False)
+    runner.close()
+    with opened_root_of(image) as root:
+        del root["counter_obj"]._slots["add_to_total"]
+    runner, cid = start(image, Script(GOOD), approval="manual")
+    assert runner.run(cid) == "AWAITING_APPROVAL"
+    assert runner.decide(cid, approve=False) == "FAILED"
+    assert cycle(runner, cid)["method"] is None
+    runner.close()
+
+
+def test_two_senders_share_one_cycle(image):
+    runner, first = start(image, Script(GOOD))
+    target = runner.read(lambda root: oid_text(root["counter_obj"]))
+    assert runner.start_or_join(target, "add_to_total", [1], {}) == first
+    runner.close()
+
+
+def test_a_cycle_interrupted_in_synthesizing_resumes_and_completes_once(image):
+    class Crash(BaseException):
+        pass
+
+    runner, cid = start(image, Script(Crash()))
+    with pytest.raises(Crash):
+        runner.run(cid)
+    assert cycle(runner, cid)["state"] == "SYNTHESIZING"
+    runner.close()
+    resumed = CycleRunner(image.db, Script(GOOD), CyclePolicy())
+    assert resumed.unfinished() == [cid]
+    assert resumed.run(cid) == "COMPLETE"
+    assert resumed.unfinished() == []
+    seen = cycle(resumed, cid)
+    assert seen["states"].count("COMPLETE") == 1 and seen["method"].version == 1
+    resumed.close()
+
+
+def test_the_installed_method_answers_on_the_target(image):
+    runner, cid = start(image, Script(GOOD))
+    runner.run(cid)
+    with opened_root_of(image) as root:
+        assert root["counter_obj"].add_to_total(5) == 15
+    runner.close()
+
+
+class opened_root_of:
+    def __init__(self, image):
+        from conftest import Session
+        self.session = Session(image.db)
+
+    def __enter__(self):
+        return self.session.__enter__()
+
+    def __exit__(self, *exc):
+        self.session.__exit__(*exc)
+        self.session.close()
