@@ -92,7 +92,57 @@ def cmd_send(client: Client, args) -> Any:
     kwargs = dict(parse_kwarg(k) for k in args.kw)
     if args.expert:
         kwargs["expert"] = args.expert
-    return client.send(args.target, args.selector, *(parse_arg(a) for a in args.args), **kwargs)
+    examples = [parse_example(e) for e in args.example] if args.example else None
+    return client.send(args.target, args.selector, *(parse_arg(a) for a in args.args), intent=args.intent,
+                       examples=examples, wait=not args.no_wait, on_event=show_progress, **kwargs)
+
+
+def parse_example(text: str) -> dict:
+    """An --example: a JSON object {"slots", "args", "kwargs", "result", "after"}, or the short
+    form 'slot=value; ...; selector(arg, ...) -> result'."""
+    try:
+        example = json.loads(text)
+    except ValueError:
+        example = _short_example(text)
+    if not isinstance(example, dict) or set(example) - {"slots", "args", "kwargs", "result", "after"}:
+        raise UsageError(f"--example must be a JSON object with slots/args/kwargs/result/after, not {text!r}")
+    return example
+
+
+def _short_example(text: str) -> dict:
+    *assignments, call = [part.strip() for part in text.split(";")]
+    slots = {}
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        if not sep:
+            raise UsageError(f"--example: {assignment!r} is not slot=value")
+        slots[name.strip()] = parse_arg(value.strip())
+    head, arrow, result = call.partition("->")
+    if "(" not in head or not head.rstrip().endswith(")"):
+        raise UsageError(f"--example: {call!r} is not selector(args) -> result")
+    inner = head[head.index("(") + 1:head.rstrip().rindex(")")]
+    call_args = json.loads(f"[{inner}]") if inner.strip() else []
+    example = {"slots": slots, "args": call_args}
+    if arrow:
+        example["result"] = parse_arg(result.strip())
+    return example
+
+
+def cmd_cycles(client: Client, args) -> Any:
+    if args.action == "list":
+        return client.call("cycles_list")
+    if args.action == "show":
+        return client.call("cycle_show", cycle=args.cycle)
+    return client.call("cycle_decide", cycle=args.cycle, approve=args.action == "approve")
+
+
+def cmd_methods(client: Client, args) -> Any:
+    if args.rollback is not None:
+        return client.call("method_rollback", target=args.target, selector=args.selector, version=args.rollback)
+    found = client.call("methods", target=args.target, selector=args.selector)
+    if not args.history:
+        found.pop("history")
+    return found
 
 
 def cmd_pack(client: Client, args) -> Any:
@@ -302,6 +352,8 @@ CLIENT_COMMANDS: dict[str, tuple[Callable, str]] = {
     "send": (cmd_send, "send a message; each ARG is a JSON literal or else a string"),
     "pack": (cmd_pack, "pack the running UVM's image (or, with --image, an image nobody serves)"),
     "shell": (cmd_shell, "interactive client with history"),
+    "cycles": (cmd_cycles, "list, show, approve and reject cognitive cycles"),
+    "methods": (cmd_methods, "a method's source and provenance; --history, --rollback N"),
     "model": (cmd_model, "import, list and switch language models held in the image"),
     "expert": (cmd_expert, "import LoRA adapters (experts) into the image"),
 }
@@ -333,10 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (handler, summary) in CLIENT_COMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=summary)
-        if name not in ("model", "expert"):  # those take the options after their action
+        if name not in ("model", "expert", "cycles"):  # those take the options after their action
             _client_options(sub)
         sub.set_defaults(handler=handler)
-        if name in ("describe", "get", "set", "define", "send"):
+        if name in ("describe", "get", "set", "define", "send", "methods"):
             sub.add_argument("target", metavar="TARGET", help="root name (genesis_obj) or oid (0x2)")
         if name in ("get", "set"):
             sub.add_argument("slot", metavar="SLOT")
@@ -351,6 +403,25 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("args", metavar="ARG", nargs="*")
             sub.add_argument("--kw", action="append", default=[], metavar="NAME=VALUE", help="a keyword argument (repeatable)")
             sub.add_argument("--expert", help="shorthand for --kw expert=NAME (pLLM_obj infer_)")
+            sub.add_argument("--intent", help="what the method should do, if a cycle has to write it")
+            sub.add_argument("--example", action="append", default=[], metavar="JSON",
+                             help='an example for the verifier (repeatable): {"slots": {...}, "args": [...], "result": ...} '
+                                  "or 'total=10; add_to_total(5) -> 15'")
+            sub.add_argument("--no-wait", action="store_true", help="if a cycle starts, return its id at once")
+        if name == "methods":
+            sub.add_argument("selector", metavar="SELECTOR")
+            sub.add_argument("--history", action="store_true", help="show every earlier version")
+            sub.add_argument("--rollback", type=int, metavar="N", help="reinstall version N as a new version")
+        if name == "cycles":
+            actions = sub.add_subparsers(dest="action", metavar="ACTION", required=True)
+            actions_list = actions.add_parser("list", help="every cycle, oldest first")
+            _client_options(actions_list)
+            for verb, text in (("show", "prompts, candidates, verdicts and timings of one cycle"),
+                               ("approve", "install the method a cycle awaiting approval wrote"),
+                               ("reject", "refuse it; the cycle ends FAILED")):
+                action = actions.add_parser(verb, help=text)
+                action.add_argument("cycle", metavar="ID")
+                _client_options(action)
         if name == "model":
             actions = sub.add_subparsers(dest="action", metavar="ACTION", required=True)
             model_import = actions.add_parser("import", help="import a model folder, .gguf file or archive (or --hub ID)")

@@ -91,12 +91,19 @@ class _Calls:
         return BridgeTimeout(f"no reply to {op!r} from {self.endpoint} within {timeout:g} s; is `batos run` up?")
 
 
-def _send_fields(target: str, selector: str, args: tuple, kwargs: dict) -> dict[str, Any]:
+def _send_fields(target: str, selector: str, args: tuple, kwargs: dict, intent: str | None = None,
+                 examples: list | None = None, wait: bool = True) -> dict[str, Any]:
     fields: dict[str, Any] = {"target": target, "selector": selector}
     if args:
         fields["args"] = list(args)
     if kwargs:
         fields["kwargs"] = kwargs
+    if intent is not None:
+        fields["intent"] = intent
+    if examples is not None:
+        fields["examples"] = list(examples)
+    if not wait:
+        fields["wait"] = False
     return fields
 
 
@@ -151,8 +158,11 @@ class Client(_Calls):
     def define(self, target: str, source: str) -> dict:
         return self.call("define", target=target, source=source)
 
-    def send(self, target: str, selector: str, *args: Any, **kwargs: Any) -> Any:
-        return self.call("send", **_send_fields(target, selector, args, kwargs))
+    def send(self, target: str, selector: str, *args: Any, intent: str | None = None, examples: list | None = None,
+             wait: bool = True, on_event: EventCallback | None = None, **kwargs: Any) -> Any:
+        """Send a message. ``intent`` and ``examples`` are used only if nothing understands it and a
+        cycle writes the method; with ``wait=False`` such a send returns the cycle's id at once."""
+        return self.call("send", on_event=on_event, **_send_fields(target, selector, args, kwargs, intent, examples, wait))
 
     def pack(self, days: float = 0) -> dict:
         return self.call("pack", days=days)
@@ -247,8 +257,9 @@ class AsyncClient(_Calls):
     async def define(self, target: str, source: str) -> dict:
         return await self.call("define", target=target, source=source)
 
-    async def send(self, target: str, selector: str, *args: Any, **kwargs: Any) -> Any:
-        return await self.call("send", **_send_fields(target, selector, args, kwargs))
+    async def send(self, target: str, selector: str, *args: Any, intent: str | None = None, examples: list | None = None,
+                   wait: bool = True, on_event: EventCallback | None = None, **kwargs: Any) -> Any:
+        return await self.call("send", on_event=on_event, **_send_fields(target, selector, args, kwargs, intent, examples, wait))
 
     async def pack(self, days: float = 0) -> dict:
         return await self.call("pack", days=days)

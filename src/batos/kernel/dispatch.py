@@ -31,6 +31,9 @@ from batos.mind import guardian
 OID_TEXT = re.compile(r"^0x[0-9a-fA-F]{1,16}$")
 
 
+SYNTHESIZE = "synthesize"  # the runtime's answer to a message nothing understands
+
+
 @dataclass(frozen=True)
 class ServiceCall:
     """A send answered by a runtime service, outside any transaction (see primitives.register_service)."""
@@ -39,6 +42,7 @@ class ServiceCall:
     receiver: str
     args: tuple
     kwargs: dict
+    options: dict | None = None  # intent, examples, wait: for a mission, never for the method
 
 
 def resolve_target(root, target: str) -> UvmObject:
@@ -110,8 +114,9 @@ def invoke(method: Method, receiver: UvmObject, args: list, kwargs: dict, budget
 class Dispatcher:
     """Maps each op to a function of the root, run by a worker inside one transaction."""
 
-    def __init__(self, method_budget: float = 10.0):
+    def __init__(self, method_budget: float = 10.0, synthesize_missing: bool = False):
         self.method_budget = method_budget
+        self.synthesize_missing = synthesize_missing
 
     def op_describe(self, root, fields: dict) -> Any:
         return describe(resolve_target(root, fields["target"]))
@@ -152,12 +157,41 @@ class Dispatcher:
         setattr(receiver, selector, method)
         return {"target": oid_text(receiver), "selector": selector, "version": method.version}
 
+    def op_methods(self, root, fields: dict) -> Any:
+        """A method's current source and provenance, and every earlier version."""
+        method = self._own_method(root, fields)
+        return {**method.record(), "selector": method.selector, "model": getattr(method, "model", None),
+                "history": [dict(h) for h in method.history]}
+
+    def op_method_rollback(self, root, fields: dict) -> Any:
+        """Reinstall version N of a method as a new version (history keeps everything)."""
+        receiver = resolve_target(root, fields["target"])
+        method = self._own_method(root, fields)
+        versions = {h["version"]: h for h in method.history}
+        wanted = versions.get(fields["version"])
+        if wanted is None or wanted.get("origin") == "primitive":
+            known = ", ".join(str(v) for v in sorted(versions)) or "none"
+            raise ProtocolError(Code.NOT_FOUND, f"{fields['selector']} has no earlier version {fields['version']} (earlier: {known})")
+        restored = method.successor(wanted["source"], origin=wanted["origin"], persona=wanted.get("persona"), cycle=wanted.get("cycle"))
+        setattr(receiver, fields["selector"], restored)
+        return {"selector": fields["selector"], "version": restored.version, "restored_from": fields["version"]}
+
+    def _own_method(self, root, fields: dict) -> Method:
+        receiver = resolve_target(root, fields["target"])
+        method = receiver._slots.get(fields["selector"])
+        if not isinstance(method, Method):
+            raise ProtocolError(Code.NOT_FOUND, f"{receiver!r} has no method {fields['selector']!r} of its own")
+        return method
+
     def op_send(self, root, fields: dict) -> Any:
         receiver = resolve_target(root, fields["target"])
         selector = fields["selector"]
         args = _incoming(root, fields.get("args", []))
         kwargs = _incoming(root, fields.get("kwargs", {}))
         value, holder = lookup(receiver, selector)
+        if holder is None and self.synthesize_missing:
+            options = {k: fields[k] for k in ("intent", "examples", "wait") if k in fields}
+            return ServiceCall(SYNTHESIZE, oid_text(receiver), (selector, *args), dict(kwargs), options)
         if holder is None:
             fallback, _ = lookup(receiver, "_doesNotUnderstand_")
             if not isinstance(fallback, Method):

@@ -28,6 +28,7 @@ class Code:
     INVALID_SOURCE = "invalid_source"  # define: source is not one function of that name
     GUARDIAN_REJECTED = "guardian_rejected"  # define: the Guardian refused the source
     SYNTHESIS_FAILED = "synthesis_failed"  # a cognitive cycle ended FAILED
+    AWAITING_APPROVAL = "awaiting_approval"  # the cycle's method waits for `batos cycles approve`
     METHOD_ERROR = "method_error"  # the method raised
     TIMEOUT = "timeout"  # the method ran past its time budget; nothing was written
     CONFLICT = "conflict"  # write conflicts persisted past the retry cap; nothing was written
@@ -56,7 +57,8 @@ OPS: dict[str, tuple[dict[str, tuple], dict[str, tuple]]] = {
     "describe": ({"target": (str,)}, {}),
     "get": ({"target": (str,), "slot": (str,)}, {}),
     "set": ({"target": (str,), "slot": (str,), "value": (_ANY,)}, {}),
-    "send": ({"target": (str,), "selector": (str,)}, {"args": (list,), "kwargs": (dict,)}),
+    "send": ({"target": (str,), "selector": (str,)},
+             {"args": (list,), "kwargs": (dict,), "intent": (str,), "examples": (list,), "wait": (bool,)}),
     "define": ({"target": (str,), "source": (str,)}, {"selector": (str,)}),
     "pack": ({}, {"days": (int, float)}),
     "upload": ({"upload_id": (str,), "offset": (int,), "data": (bytes,)}, {}),
@@ -64,8 +66,13 @@ OPS: dict[str, tuple[dict[str, tuple], dict[str, tuple]]] = {
     "model_list": ({}, {}),
     "model_use": ({"name": (str,)}, {}),
     "expert_import": ({"upload_id": (str,)}, {"name": (str,)}),
+    "cycles_list": ({}, {"all": (bool,)}),
+    "cycle_show": ({"cycle": (str,)}, {}),
+    "cycle_decide": ({"cycle": (str,), "approve": (bool,)}, {}),
+    "methods": ({"target": (str,), "selector": (str,)}, {}),
+    "method_rollback": ({"target": (str,), "selector": (str,), "version": (int,)}, {}),
 }
-WRITING_OPS = frozenset({"set", "send", "define"})
+WRITING_OPS = frozenset({"set", "send", "define", "method_rollback"})
 _NAME_FIELDS = ("target", "slot", "selector")
 
 
@@ -101,7 +108,7 @@ def decode(payload: bytes) -> Request:
         types = required.get(name) or optional.get(name)
         if types is None:
             raise ProtocolError(Code.BAD_REQUEST, f"op {op!r} takes no field {name[:64]!r}")
-        if types != (_ANY,) and (not isinstance(value, types) or isinstance(value, bool)):
+        if types != (_ANY,) and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
             expected = " or ".join(t.__name__ for t in types)
             raise ProtocolError(Code.BAD_REQUEST, f"field {name!r} must be {expected}, not {type(value).__name__}")
         if name in _NAME_FIELDS and not 0 < len(value) <= MAX_NAME_LENGTH:

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import queue
 import signal
 import tempfile
 import threading
@@ -21,11 +22,12 @@ from batos.image import open_image
 from batos.image.genesis import SCHEMA_KEY, Image
 from batos.image.storage import DEFAULT_IMAGE, normalize_uri
 from batos.llm.core import CognitiveCore, ModelUnavailable
-from batos.llm.generation import BackendError
+from batos.llm.generation import BackendError, ConfigurationError
 from batos.llm.settings import LLMSettings
+from batos.mind.cycle import CyclePolicy, CycleRunner, summary
 from batos.kernel import protocol, services  # noqa: F401  (services registers its primitives)
 from batos.kernel.bridge import Bridge, Emit
-from batos.kernel.dispatch import Dispatcher, ServiceCall
+from batos.kernel.dispatch import SYNTHESIZE, Dispatcher, ServiceCall
 from batos.kernel.logs import MESSAGES_LOGGER
 from batos.kernel.protocol import Code, ProtocolError, Request
 from batos.kernel.uploads import Uploads
@@ -40,6 +42,7 @@ WORKER_GRACE_SECONDS = 5.0
 # How long a model call waits for the model to be imported and loaded.
 MODEL_WAIT_SECONDS = 1800.0
 MODEL_OPS = frozenset({"upload", "model_import", "model_list", "model_use", "expert_import"})
+CYCLE_OPS = frozenset({"cycles_list", "cycle_show", "cycle_decide", "methods", "method_rollback"})
 
 
 @dataclass
@@ -56,6 +59,8 @@ class Settings:
     curve_secret_key: str | None = None
 
     llm: str = "embedded"
+    approval: str = "auto"  # or "manual": synthesized methods wait for `batos cycles approve`
+    max_iterations: int = 5
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -75,6 +80,8 @@ class UVM:
         self.dispatcher = Dispatcher(method_budget=settings.method_budget)
         self.core: CognitiveCore | None = None
         self.uploads: Uploads | None = None
+        self.cycles: CycleRunner | None = None
+        self._cycle_queue: queue.SimpleQueue = queue.SimpleQueue()
         self.started_at = time.time()
         self.counts: Counter[str] = Counter()
         self.failure: BaseException | None = None
@@ -87,6 +94,8 @@ class UVM:
         """
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        if self.settings.approval not in ("auto", "manual"):
+            raise ConfigurationError(f"BATOS_APPROVAL must be auto or manual, not {self.settings.approval!r}")
         llm_settings = LLMSettings.from_env()
         CognitiveCore.check(self.settings.llm, llm_settings)  # a bad configuration touches nothing
         self.image = open_image(self.settings.image)
@@ -95,6 +104,11 @@ class UVM:
             self.core = CognitiveCore(self.image.db, self.settings.llm, llm_settings,
                                       scratch=self._side_folder("scratch"))
             self.uploads = Uploads(self._side_folder("uploads"))
+            if self.settings.llm != "none":
+                self.cycles = CycleRunner(self.image.db, self._generate_for_cycle, CyclePolicy(
+                    max_iterations=self.settings.max_iterations, approval=self.settings.approval),
+                    model_name=lambda: self.core.stats().get("model", self.settings.llm))
+                self.dispatcher.synthesize_missing = True
             self.uploads.clean_stale()
             self.pool = WorkerPool(self.image.db, self.settings.workers)
             self.pool.start()
@@ -114,6 +128,11 @@ class UVM:
             if self.on_ready is not None:
                 self.on_ready(self.bridge.bound_endpoint)
             threading.Thread(target=self.core.awaken, name="batos-awaken", daemon=True).start()
+            if self.cycles is not None:
+                threading.Thread(target=self._run_cycles, name="batos-cycles", daemon=True).start()
+                for cycle_id in self.cycles.unfinished():
+                    log.info("resuming cycle %s", cycle_id)
+                    self._cycle_queue.put(cycle_id)
             await self._stopping.wait()
         finally:
             await self._shut_down(serve_task)
@@ -156,6 +175,7 @@ class UVM:
         for name, close in (
             ("workers", lambda: self.pool and self.pool.stop(self.settings.drain_seconds)),
             ("bridge", lambda: self.bridge and self.bridge.close()),
+            ("cycles", lambda: self.cycles and self.cycles.close()),
             ("language model", lambda: self.core and self.core.close()),
             ("image", lambda: self.image and self.image.close()),
         ):
@@ -210,6 +230,8 @@ class UVM:
             return {"packed": True, "size": self.image.db.getSize()}
         if op in MODEL_OPS:
             return await self._model_op(op, fields, emit)
+        if op in CYCLE_OPS:
+            return await self._cycle_op(op, fields)
         operation = functools.partial(getattr(self.dispatcher, f"op_{op}"), fields=fields)
         try:
             result = await self.pool.run(
@@ -220,9 +242,87 @@ class UVM:
             raise ProtocolError(Code.TIMEOUT, "the request did not finish in time; nothing was written") from None
         except ConflictRetriesExhausted as exc:
             raise ProtocolError(Code.CONFLICT, str(exc)) from None
+        if isinstance(result, ServiceCall) and result.service == SYNTHESIZE:
+            return await self._synthesize(request, result, emit)
         if isinstance(result, ServiceCall):
             return await self._serve(result, emit)
         return result
+
+    # --- cognitive cycles ------------------------------------------------------------------------
+
+    def _generate_for_cycle(self, messages) -> str:
+        """The cycle runner's model call (its thread; no transaction open)."""
+        try:
+            self.core.wait_ready(MODEL_WAIT_SECONDS)
+        except (ModelUnavailable, TimeoutError) as exc:
+            raise BackendError(str(exc), transient=False) from None
+        return self.core.backend.generate(messages, max_new_tokens=self.core.settings.max_new_tokens).text
+
+    def _run_cycles(self) -> None:
+        while True:
+            cycle_id = self._cycle_queue.get()
+            try:
+                self.cycles.run(cycle_id)
+            except Exception:
+                log.exception("cycle %s stopped with an error; it resumes at the next start", cycle_id)
+
+    async def _synthesize(self, request: Request, call: ServiceCall, emit: Emit) -> Any:
+        """A message nothing understands: start (or join) a cycle, wait for it, then answer."""
+        selector, *args = call.args
+        options = call.options or {}
+        cycle_id = await asyncio.to_thread(self.cycles.start_or_join, call.receiver, selector, args, call.kwargs,
+                                           options.get("intent"), options.get("examples"))
+        done = self.cycles.waiter(cycle_id)
+        self._cycle_queue.put(cycle_id)
+        if not options.get("wait", True):
+            return {"cycle": cycle_id, "state": "queued"}
+        loop = asyncio.get_running_loop()
+
+        def forward(changed: str, state: str) -> None:
+            if changed == cycle_id:
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(emit({"cycle": cycle_id, "state": state})))
+
+        self.cycles.add_listener(forward)
+        try:
+            await emit({"cycle": cycle_id, "state": "started"})
+            await asyncio.to_thread(done.wait)
+        finally:
+            self.cycles.remove_listener(forward)
+        found = await asyncio.to_thread(self.cycles.read, lambda root: summary(root["active_cycles"][cycle_id]))
+        if found["state"] == "FAILED":
+            raise ProtocolError(Code.SYNTHESIS_FAILED, f"cycle {cycle_id}: {found['reason']}")
+        if found["state"] == "AWAITING_APPROVAL":
+            raise ProtocolError(Code.AWAITING_APPROVAL, f"cycle {cycle_id} wrote {selector}; approve it with `batos cycles approve {cycle_id}`")
+        fields = {k: v for k, v in request.fields.items() if k not in ("intent", "examples", "wait")}
+        return await self._perform(Request(request.id, "send", fields), emit)
+
+    async def _cycle_op(self, op: str, fields: dict) -> Any:
+        if op in ("methods", "method_rollback"):
+            operation = functools.partial(getattr(self.dispatcher, f"op_{op}"), fields=fields)
+            return await self.pool.run(operation, writes=op in protocol.WRITING_OPS)
+        if self.cycles is None:
+            raise ProtocolError(Code.MODEL_UNAVAILABLE, "this UVM runs without a language model, so without cycles")
+        if op == "cycles_list":
+            def listing(root):
+                cycles = [summary(c) for c in (root.get("active_cycles") or {}).values()]
+                return sorted((c for c in cycles if fields.get("all", True) or c["state"] not in ("COMPLETE", "FAILED")),
+                              key=lambda c: c["created"])
+            return await asyncio.to_thread(self.cycles.read, listing)
+
+        def find(root):
+            cycle = (root.get("active_cycles") or {}).get(fields["cycle"])
+            if cycle is None:
+                raise ProtocolError(Code.NOT_FOUND, f"no cycle {fields['cycle']}")
+            return summary(cycle, detail=True)
+
+        if op == "cycle_show":
+            return await asyncio.to_thread(self.cycles.read, find)
+        await asyncio.to_thread(self.cycles.read, find)
+        try:
+            state = await asyncio.to_thread(self.cycles.decide, fields["cycle"], fields["approve"])
+        except ValueError as exc:
+            raise ProtocolError(Code.BAD_REQUEST, str(exc)) from None
+        return {"cycle": fields["cycle"], "state": state}
 
     async def _serve(self, call: ServiceCall, emit: Emit) -> Any:
         """Run a service primitive outside any transaction (progress of a model still loading

@@ -103,9 +103,11 @@ class CycleRunner:
         self.policy = policy or CyclePolicy()
         self.model_name = model_name or (lambda: "unknown")
         self.sleep = sleep
+        self.db = db
         self._manager = transaction.TransactionManager(explicit=True)
         self._connection = db.open(transaction_manager=self._manager)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards the runner's connection, one transaction at a time
+        self._running = threading.Lock()  # one cycle runs at a time
         self._done: dict[str, threading.Event] = {}
         self._listeners: list[Listener] = []
 
@@ -113,7 +115,7 @@ class CycleRunner:
 
     def run(self, cycle_id: str) -> str:
         """Drive one cycle until it finishes or waits for approval; return its state."""
-        with self._lock:
+        with self._running:
             while True:
                 state = self._read(cycle_id, state_of)
                 if state in FINISHED or state == "AWAITING_APPROVAL":
@@ -284,7 +286,7 @@ class CycleRunner:
 
     def decide(self, cycle_id: str, approve: bool) -> str:
         """Approve (install) or reject a cycle waiting for approval; its new state."""
-        with self._lock:
+        with self._running:
             with self._cycle(cycle_id) as (root, cycle):
                 if state_of(cycle) != "AWAITING_APPROVAL":
                     raise ValueError(f"cycle {cycle_id} is {state_of(cycle)}, not AWAITING_APPROVAL")
@@ -316,13 +318,16 @@ class CycleRunner:
                 listener(cycle_id, state)
 
     def read(self, fn: Callable[[Any], Any]) -> Any:
-        """``fn(root)`` in a read-only transaction of the runner's connection."""
-        with self._lock:
-            self._manager.begin()
-            try:
-                return fn(self._connection.root())
-            finally:
-                self._manager.abort()
+        """``fn(root)`` in a read-only transaction of a connection of its own (never waits for a
+        running cycle)."""
+        manager = transaction.TransactionManager(explicit=True)
+        connection = self.db.open(transaction_manager=manager)
+        manager.begin()
+        try:
+            return fn(connection.root())
+        finally:
+            manager.abort()
+            connection.close()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
