@@ -214,3 +214,15 @@ class opened_root_of:
     def __exit__(self, *exc):
         self.session.__exit__(*exc)
         self.session.close()
+
+
+def test_an_unforeseen_error_fails_the_cycle_and_releases_waiters(image):
+    runner, cid = start(image, Script(ValueError("bug in a step")))
+    with pytest.raises(ValueError):
+        runner.run(cid)
+    waiter = runner.waiter(cid)
+    runner.abandon(cid, "internal error: ValueError: bug in a step")
+    assert waiter.is_set()
+    seen = cycle(runner, cid)
+    assert seen["state"] == "FAILED" and "bug in a step" in seen["slots"]["reason"] and seen["method"] is None
+    runner.close()

@@ -81,10 +81,12 @@ def test_schema_1_image_gains_the_model_repositories_and_cycle_states(image_path
             del pllm._slots[slot]
         for state in genesis_module.PSM_STATES:
             del root["psm_prototypes_obj"]._slots[state]
+        del root["traits_obj"]._slots["oid"]
         root[SCHEMA_KEY] = 1
     with opened_root(image_path) as root:
         assert root[SCHEMA_KEY] == genesis_module.SCHEMA_VERSION
         assert root["psm_prototypes_obj"].SYNTHESIZING.name == "SYNTHESIZING"
+        assert root["genesis_obj"].oid() == hex(int.from_bytes(root["genesis_obj"]._p_oid, "big"))
         pllm = root["pLLM_obj"]
         assert len(pllm.model_bundles) == 0 and len(pllm.lora_repository) == 0
         assert pllm._slots["infer_"].primitive == "infer"

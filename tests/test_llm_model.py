@@ -210,3 +210,33 @@ def test_experts_and_models_through_the_bridge(adapters, model_cache, plain_mode
         assert refused.returncode == 1 and "import_failed" in refused.stderr
     finally:
         assert srv.stop() == 0
+
+
+def test_validation_protocol_with_the_real_model(image_path, model_cache):
+    """A fresh image, `send genesis_obj display_yourself`: the model writes the method, it is
+    installed, and the answer names the object's oid and its slots; then no model call, and a restart."""
+    srv = Server(image_path, env=llm_env(model_cache)).start()
+    try:
+        with srv.client(timeout=900) as c:
+            described = c.describe("genesis_obj")
+            events = []
+            shown = c.send("genesis_obj", "display_yourself", on_event=events.append)
+            assert isinstance(shown, str)
+            assert described["oid"] in shown
+            assert all(slot in shown for slot in ("name", "description"))
+            assert [e["state"] for e in events if "state" in e][-1] == "COMPLETE"
+            generations = c.stats()["llm"]["generations"]
+            assert described["oid"] in c.send("genesis_obj", "display_yourself")
+            assert c.stats()["llm"]["generations"] == generations  # answered at once, no model call
+            method = c.call("methods", target="genesis_obj", selector="display_yourself")
+            assert method["origin"] == "synthesized" and "qwen" in method["model"]
+    finally:
+        assert srv.stop() == 0
+    srv = Server(image_path, endpoint=srv.endpoint, env=llm_env(model_cache)).start()
+    try:
+        with srv.client(timeout=600) as c:
+            again = c.send("genesis_obj", "display_yourself")
+            assert described["oid"] in again
+            assert len(c.call("cycles_list")) == 1
+    finally:
+        srv.stop()

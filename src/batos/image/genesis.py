@@ -18,7 +18,7 @@ from batos.image.storage import ImageError, normalize_uri, open_database
 log = logging.getLogger(__name__)
 
 SCHEMA_KEY = "batos_schema"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PSM_STATES = ("IDLE", "DECOMPOSING", "DELEGATING", "SYNTHESIZING", "VALIDATING", "AWAITING_APPROVAL",
               "COMPLETE", "FAILED")
 
@@ -27,7 +27,8 @@ PLAIN_ROOT_OBJECTS = (
     "pLLM_obj", "memory_manager_obj", "knowledge_catalog_obj", "psm_prototypes_obj",
     "orchestrator_obj", *(f"{p}_prototype_obj" for p in PERSONAS),
 )
-TRAIT_PRIMITIVES = {"clone": "clone", "describe": "describe", "_doesNotUnderstand_": "doesNotUnderstand"}
+TRAIT_PRIMITIVES = {"clone": "clone", "describe": "describe", "oid": "oid", "slot_names": "slot_names",
+                    "_doesNotUnderstand_": "doesNotUnderstand"}
 
 Migration = Callable[[dict], None]
 
@@ -49,8 +50,16 @@ def give_psm_its_states(root) -> None:
                                           finished=state in ("COMPLETE", "FAILED"))
 
 
+def give_traits_every_primitive(root) -> None:
+    """Schema 4: traits_obj holds every trait primitive (oid and slot_names were added)."""
+    traits = root["traits_obj"]
+    for selector, primitive in TRAIT_PRIMITIVES.items():
+        if selector not in traits._slots:
+            traits._slots[selector] = Method(selector, origin="primitive", primitive=primitive)
+
+
 # MIGRATIONS[n] turns a schema-n root into a schema-(n+1) root, in one transaction.
-MIGRATIONS: dict[int, Migration] = {1: give_pllm_its_repositories, 2: give_psm_its_states}
+MIGRATIONS: dict[int, Migration] = {1: give_pllm_its_repositories, 2: give_psm_its_states, 3: give_traits_every_primitive}
 
 
 class SchemaTooNewError(ImageError):
@@ -60,9 +69,8 @@ class SchemaTooNewError(ImageError):
 def genesis(root) -> None:
     """Create the primordial objects in ``root`` (the caller commits)."""
     traits = UvmObject(name="traits", description="Behaviour every object inherits.")
-    for selector, primitive in TRAIT_PRIMITIVES.items():
-        traits._slots[selector] = Method(selector, origin="primitive", primitive=primitive)
     root["traits_obj"] = traits
+    give_traits_every_primitive(root)
     root["genesis_obj"] = UvmObject(
         parents=[traits], name="genesis",
         description="The first object: clone it to make new ones.",

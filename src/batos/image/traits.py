@@ -43,6 +43,18 @@ def describe(receiver: UvmObject) -> dict[str, Any]:
     }
 
 
+@primitives.register("oid")
+def oid(receiver: UvmObject) -> str | None:
+    """The receiver's oid as text (``0x..``), the name clients address it by."""
+    return oid_text(receiver)
+
+
+@primitives.register("slot_names")
+def slot_names(receiver: UvmObject) -> list[str]:
+    """The names of the receiver's own slots (not its parents')."""
+    return sorted(name for name in receiver._slots if name != PARENT_SLOT)
+
+
 @primitives.register("doesNotUnderstand")
 def does_not_understand(receiver: UvmObject, selector: str, *args: Any, **kwargs: Any) -> Any:
     """The last resort of dispatch; this default refuses. Later layers register a replacement."""

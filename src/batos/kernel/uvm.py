@@ -263,8 +263,9 @@ class UVM:
             cycle_id = self._cycle_queue.get()
             try:
                 self.cycles.run(cycle_id)
-            except Exception:
-                log.exception("cycle %s stopped with an error; it resumes at the next start", cycle_id)
+            except Exception as exc:
+                log.exception("cycle %s stopped with an error", cycle_id)
+                self.cycles.abandon(cycle_id, f"internal error: {type(exc).__name__}: {exc}")
 
     async def _synthesize(self, request: Request, call: ServiceCall, emit: Emit) -> Any:
         """A message nothing understands: start (or join) a cycle, wait for it, then answer."""

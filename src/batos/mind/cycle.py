@@ -199,7 +199,7 @@ class CycleRunner:
         except guardian.GuardianError as exc:
             return candidate, f"Guardian: {exc}"
         examples = brief["examples"] or [{"args": brief["args"], "kwargs": brief["kwargs"]}]
-        result = sandbox.verify(candidate, selector, brief["slots"], examples)
+        result = sandbox.verify(candidate, selector, brief["slots"], examples, oid=brief["oid"])
         return candidate, None if result.ok else f"verification: {result.message}"
 
     def _revise_or_fail(self, cycle_id: str) -> None:
@@ -235,7 +235,7 @@ class CycleRunner:
             method = current.successor(s["approved_source"], origin="synthesized", **provenance)
         else:
             method = Method(selector, s["approved_source"], origin="synthesized", **provenance)
-        method.model = s.get("model")
+        method.model = s["model"] = self.model_name()  # by now the model that wrote it is loaded
         target._slots[selector] = method
         target._p_changed = True
         s["installed_version"] = method.version
@@ -297,6 +297,13 @@ class CycleRunner:
             state = self._read(cycle_id, state_of)
             self._finished(cycle_id, state)
             return state
+
+    def abandon(self, cycle_id: str, reason: str) -> None:
+        """End a cycle that failed in an unforeseen way: FAILED, and its waiters told."""
+        try:
+            self._fail(cycle_id, reason)
+        finally:
+            self._finished(cycle_id, "FAILED")
 
     def waiter(self, cycle_id: str) -> threading.Event:
         with self._lock:

@@ -29,13 +29,14 @@ class Verdict:
 
 
 def verify(source: str, selector: str, slots: dict[str, Any], examples: list[dict[str, Any]],
-           wall_seconds: float = WALL_SECONDS) -> Verdict:
+           wall_seconds: float = WALL_SECONDS, oid: str | None = None) -> Verdict:
     """Run ``examples`` against the candidate in a child process; the verdict says what failed.
 
     An example is ``{"slots": {...}, "args": [...], "kwargs": {...}, "result": ..., "after": {...}}``;
-    every key is optional. Without ``result`` only "runs without raising" is checked.
+    every key is optional. Without ``result`` only "runs without raising" is checked. The stand-in
+    receiver carries ``oid`` and inherits the trait primitives, as the real one does.
     """
-    job = json.dumps({"source": source, "selector": selector, "slots": slots, "examples": examples}, default=repr)
+    job = json.dumps({"source": source, "selector": selector, "slots": slots, "examples": examples, "oid": oid}, default=repr)
     try:
         done = subprocess.run([sys.executable, "-m", "batos.mind.verifier"], input=job, capture_output=True,
                               text=True, timeout=wall_seconds)

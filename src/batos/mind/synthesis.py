@@ -16,8 +16,22 @@ Rules:
 2. `self` is the object receiving the message. Read and write its slots as attributes, e.g. `self.total`.
 3. The Persistence Covenant: if the function assigns any `self.<slot>`, then the statement just before its final `return` (or its last statement) must be `self._p_changed = True`.
 4. Never use names or attributes that begin with `_` (only `self._p_changed` is allowed), and never use eval, exec, open, compile, globals, vars, getattr or setattr.
-5. Return a plain value: str, int, float, bool, None, list or dict."""
+5. Return a plain value: str, int, float, bool, None, list or dict.
+6. Every object also understands `self.oid()` (its id as text), `self.slot_names()` (a list of its slot names) and `self.describe()`. A method that displays or describes the object should include both its oid and its slot names.
 
+Two examples of good answers:
+```python
+def show_summary(self):
+    return f"{self.oid()}: " + ", ".join(self.slot_names())
+```
+```python
+def deposit(self, amount):
+    self.balance = self.balance + amount
+    self._p_changed = True
+    return self.balance
+```"""
+
+DISPLAY_WORDS = ("display", "describe", "show", "summary", "summarize", "print", "repr", "inspect")
 FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
 
@@ -41,13 +55,15 @@ def build_messages(brief: dict[str, Any], attempts: list[dict[str, Any]]) -> lis
         lines.append("Methods it already understands: " + ", ".join(brief["methods"]))
     for source in brief.get("related_sources", []):
         lines.append(f"A related method:\n```python\n{source}```")
-    if brief.get("intent"):
-        lines.append(f"What the method must do: {brief['intent']}")
+    intent = brief.get("intent") or f"what its name, {selector!r}, says"
+    lines.append(f"What the method must do: {intent}")
+    if any(word in selector for word in DISPLAY_WORDS):
+        lines.append("It shows the object, so its answer must contain `self.oid()` and the names from `self.slot_names()`.")
     for example in brief.get("examples", []):
         lines.append(f"Example: {describe_value(example, 300)}")
     lines.append(f"Write `def {selector}(self{', ...' if call else ''})` so that the call above works.")
     messages: list[Message] = [
-        {"role": "system", "content": SYSTEM_PROMPT.format(selector=selector)},
+        {"role": "system", "content": SYSTEM_PROMPT.replace("{selector}", selector)},
         {"role": "user", "content": "\n\n".join(lines)},
     ]
     for attempt in attempts[-2:]:  # the last two failures are enough context for a small model

@@ -38,8 +38,13 @@ def plain(value: Any) -> Any:
 
 
 def check(job: dict) -> dict:
-    from batos.image.objects import METHOD_FILENAME_PREFIX, UvmObject
+    from batos.image import traits  # noqa: F401  (registers the trait primitives)
+    from batos.image.genesis import TRAIT_PRIMITIVES
+    from batos.image.objects import METHOD_FILENAME_PREFIX, Method, UvmObject
     from batos.image.restricted import compile_method
+
+    stand_in_traits = UvmObject(**{selector: Method(selector, origin="primitive", primitive=name)
+                                   for selector, name in TRAIT_PRIMITIVES.items()})
 
     selector = job["selector"]
     try:
@@ -48,7 +53,9 @@ def check(job: dict) -> dict:
         return {"ok": False, "message": f"RestrictedPython refused the candidate: {exc}"}
     results = []
     for number, example in enumerate(job["examples"] or [{}], start=1):
-        receiver = UvmObject(**{**job["slots"], **example.get("slots", {})})
+        receiver = UvmObject(parents=[stand_in_traits], **{**job["slots"], **example.get("slots", {})})
+        if job.get("oid"):
+            receiver._p_oid = int(job["oid"], 16).to_bytes(8, "big")
         try:
             result = function(receiver, *example.get("args", []), **example.get("kwargs", {}))
         except Exception as exc:
