@@ -178,3 +178,25 @@ def test_without_a_model_unknown_selectors_stay_not_understood(server):
         with pytest.raises(RemoteError) as caught:
             c.send("genesis_obj", "anything_new")
         assert caught.value.code == "not_understood"
+
+
+def test_a_facet_calls_the_model_with_a_system_prompt_from_its_intent(image_path, model_server):
+    ScriptedModel.answers = ["Persistence:\nroots hold through the frost"]
+    srv = uvm(image_path, model_server).start()
+    try:
+        with srv.client(timeout=60) as c:
+            with pytest.raises(RemoteError) as caught:
+                c.send("genesis_obj", "poem_facet_", "persistence")
+            assert caught.value.code == "synthesis_failed" and "intent" in caught.value.message
+            answer = c.send("genesis_obj", "haiku_facet_", "persistence", intent="You are a poet who writes haiku.")
+            assert "roots hold" in answer
+            system = ScriptedModel.requests[-1]["messages"][0]
+            assert system["role"] == "system" and "poet who writes haiku" in system["content"]
+            assert ScriptedModel.requests[-1]["messages"][-1]["content"] == "persistence"
+            assert len(ScriptedModel.requests) == 1  # writing the facet took no model call
+            c.send("genesis_obj", "haiku_facet_", "winter", max_new_tokens=20)
+            assert ScriptedModel.requests[-1]["max_tokens"] == 20
+            method = c.call("methods", target="genesis_obj", selector="haiku_facet_")
+            assert "self.infer_(prompt" in method["source"] and method["facet_system"]
+    finally:
+        srv.stop()

@@ -28,7 +28,7 @@ PLAIN_ROOT_OBJECTS = (
     "orchestrator_obj", *(f"{p}_prototype_obj" for p in PERSONAS),
 )
 TRAIT_PRIMITIVES = {"clone": "clone", "describe": "describe", "oid": "oid", "slot_names": "slot_names",
-                    "_doesNotUnderstand_": "doesNotUnderstand"}
+                    "infer_": "infer", "_doesNotUnderstand_": "doesNotUnderstand"}
 
 Migration = Callable[[dict], None]
 

@@ -182,6 +182,8 @@ def function_name_of(source: str) -> str:
 class Method(persistent.Persistent):
     """Behaviour stored as source text (or as the name of a primitive)."""
 
+    facet_system: str | None = None  # images written before facets existed have no such attribute
+
     def __init__(
         self,
         selector: str,
@@ -191,6 +193,7 @@ class Method(persistent.Persistent):
         persona: str | None = None,
         cycle: str | None = None,
         history: list[dict] | None = None,
+        facet_system: str | None = None,
     ):
         if origin not in ORIGINS:
             raise ValueError(f"origin must be one of {ORIGINS}, not {origin!r}")
@@ -209,6 +212,9 @@ class Method(persistent.Persistent):
         self.cycle = cycle
         self.installed_at = time.time()
         self.history = PersistentList(history or [])
+        # A facet's source calls self.infer_ with this system prompt; the runtime serves the call
+        # outside any transaction, so the method itself never runs in-process.
+        self.facet_system = facet_system
 
     @property
     def version(self) -> int:
@@ -225,6 +231,7 @@ class Method(persistent.Persistent):
             "persona": self.persona,
             "cycle": self.cycle,
             "installed_at": self.installed_at,
+            "facet_system": self.facet_system,
         }
 
     def successor(self, source: str, origin: str = "architect", **provenance: Any) -> Method:

@@ -25,6 +25,7 @@ from batos.image.objects import (
 from batos.image.traits import NotUnderstood, describe
 from batos.image.values import from_plain, to_plain
 from batos.kernel.budget import MethodTimeout, call_with_budget
+from batos.kernel import services
 from batos.kernel.protocol import Code, ProtocolError
 from batos.mind import guardian
 
@@ -172,7 +173,8 @@ class Dispatcher:
         if wanted is None or wanted.get("origin") == "primitive":
             known = ", ".join(str(v) for v in sorted(versions)) or "none"
             raise ProtocolError(Code.NOT_FOUND, f"{fields['selector']} has no earlier version {fields['version']} (earlier: {known})")
-        restored = method.successor(wanted["source"], origin=wanted["origin"], persona=wanted.get("persona"), cycle=wanted.get("cycle"))
+        restored = method.successor(wanted["source"], origin=wanted["origin"], persona=wanted.get("persona"),
+                                    cycle=wanted.get("cycle"), facet_system=wanted.get("facet_system"))
         setattr(receiver, fields["selector"], restored)
         return {"selector": fields["selector"], "version": restored.version, "restored_from": fields["version"]}
 
@@ -199,6 +201,8 @@ class Dispatcher:
             result = invoke(fallback, receiver, [selector, *args], kwargs, self.method_budget)
         elif isinstance(value, Method) and value.origin == "primitive" and primitives.is_service(value.primitive):
             return ServiceCall(value.primitive, oid_text(receiver), tuple(args), dict(kwargs))
+        elif isinstance(value, Method) and value.facet_system:
+            return ServiceCall(services.INFER, oid_text(receiver), tuple(args), {**kwargs, "system": value.facet_system})
         elif isinstance(value, Method):
             result = invoke(value, receiver, args, kwargs, self.method_budget)
         elif args or kwargs:

@@ -58,6 +58,21 @@ class CyclePolicy:
     persona: str = "BRICK"
 
 
+def is_facet(selector: str) -> bool:
+    return selector.endswith("_facet_")
+
+
+def facet_system(intent: str) -> str:
+    """The system prompt of a cognitive facet, built from its intent."""
+    return f"{intent.strip()}\nAnswer the user's request in that role, briefly."
+
+
+def facet_source(selector: str, intent: str) -> str:
+    """What a facet does, as source: call the object's model with the facet's system prompt."""
+    return (f"def {selector}(self, prompt, **options):\n"
+            f"    return self.infer_(prompt, system={facet_system(intent)!r}, **options)\n")
+
+
 def state_of(cycle: UvmObject) -> str:
     return cycle._slots[STATE_SLOT].name
 
@@ -142,6 +157,8 @@ class CycleRunner:
             if state_of(cycle) != "SYNTHESIZING":
                 self._move(root, cycle, "SYNTHESIZING")
             brief, attempts = to_plain(cycle._slots["brief"]), [dict(a) for a in cycle._slots["attempts"]]
+        if is_facet(brief["selector"]):
+            return self._write_facet(cycle_id, brief)
         messages = build_messages(brief, attempts)
         started = time.perf_counter()
         try:
@@ -161,6 +178,16 @@ class CycleRunner:
                 self._move(root, cycle, "VALIDATING")
         if not candidate:
             self._revise_or_fail(cycle_id)
+
+    def _write_facet(self, cycle_id: str, brief: dict) -> None:
+        """A facet needs no model to write it: its source follows from the intent."""
+        if not brief.get("intent"):
+            return self._fail(cycle_id, "a facet (a selector ending in _facet_) needs an intent: what the model should be")
+        with self._cycle(cycle_id) as (root, cycle):
+            cycle._slots["attempts"].append({"iteration": 1, "prompt": None, "answer": None, "generation_seconds": 0.0,
+                                             "candidate": facet_source(brief["selector"], brief["intent"]), "verdict": None})
+            cycle._slots["attempts"]._p_changed = True
+            self._move(root, cycle, "VALIDATING")
 
     def validate(self, cycle_id: str) -> None:
         with self._cycle(cycle_id) as (root, cycle):
@@ -198,6 +225,8 @@ class CycleRunner:
                 return candidate, f"Guardian: {exc}"
         except guardian.GuardianError as exc:
             return candidate, f"Guardian: {exc}"
+        if is_facet(selector):
+            return candidate, None  # written by BatOS, not the model; its call runs outside the process
         examples = brief["examples"] or [{"args": brief["args"], "kwargs": brief["kwargs"]}]
         result = sandbox.verify(candidate, selector, brief["slots"], examples, oid=brief["oid"])
         return candidate, None if result.ok else f"verification: {result.message}"
@@ -231,6 +260,8 @@ class CycleRunner:
         target, selector = s["target"], s["selector"]
         current = target._slots.get(selector)
         provenance = {"persona": s.get("persona"), "cycle": s["cycle_id"]}
+        if is_facet(selector):
+            provenance["facet_system"] = facet_system(s["intent"])
         if isinstance(current, Method):
             method = current.successor(s["approved_source"], origin="synthesized", **provenance)
         else:
