@@ -121,6 +121,17 @@ def opened_root(path):
         img.close()
 
 
+@contextlib.contextmanager
+def in_transaction(img):
+    """The root of an already opened image inside one transaction, committed unless it raises."""
+    session = Session(img.db)
+    try:
+        with session as root:
+            yield root
+    finally:
+        session.close()
+
+
 def send_raw(endpoint: str, message: dict) -> zmq.Socket:
     """A DEALER socket that has sent ``message``; the caller closes it."""
     sock = zmq.Context.instance().socket(zmq.DEALER)

@@ -9,7 +9,7 @@ from batos.image.objects import oid_text
 from batos.llm.generation import BackendError
 from batos.mind.cycle import CyclePolicy, CycleRunner, state_of
 
-from conftest import opened_root
+from conftest import in_transaction, opened_root
 
 GOOD = "```python\ndef add_to_total(self, n):\n    self.total = self.total + n\n    self._p_changed = True\n    return self.total\n```"
 NO_COVENANT = "def add_to_total(self, n):\n    self.total = self.total + n\n    return self.total\n"
@@ -161,7 +161,7 @@ def test_manual_approval_waits_then_installs_or_rejects(image):
     with pytest.raises(ValueError):
         runner.decide(cid, approve=False)
     runner.close()
-    with opened_root_of(image) as root:
+    with in_transaction(image) as root:
         del root["counter_obj"]._slots["add_to_total"]
     runner, cid = start(image, Script(GOOD), approval="manual")
     assert runner.run(cid) == "AWAITING_APPROVAL"
@@ -198,22 +198,9 @@ def test_a_cycle_interrupted_in_synthesizing_resumes_and_completes_once(image):
 def test_the_installed_method_answers_on_the_target(image):
     runner, cid = start(image, Script(GOOD))
     runner.run(cid)
-    with opened_root_of(image) as root:
+    with in_transaction(image) as root:
         assert root["counter_obj"].add_to_total(5) == 15
     runner.close()
-
-
-class opened_root_of:
-    def __init__(self, image):
-        from conftest import Session
-        self.session = Session(image.db)
-
-    def __enter__(self):
-        return self.session.__enter__()
-
-    def __exit__(self, *exc):
-        self.session.__exit__(*exc)
-        self.session.close()
 
 
 def test_an_unforeseen_error_fails_the_cycle_and_releases_waiters(image):

@@ -15,7 +15,7 @@ from batos.llm.core import CognitiveCore
 from batos.llm.embedded import EmbeddedBackend
 from batos.llm.settings import LLMSettings
 
-from conftest import Server, llm_env, opened_root, run_cli
+from conftest import Server, in_transaction, llm_env, opened_root, run_cli
 
 pytestmark = pytest.mark.slow
 HAIKU = "Write a haiku about persistence"
@@ -117,9 +117,9 @@ def test_logits_from_the_image_equal_logits_from_the_plain_folder(plain_model_fo
 
     img = open_image(str(tmp_path / "image.fs"))
     try:
-        with _transaction(img) as root:
+        with in_transaction(img) as root:
             root["pLLM_obj"].model_bundles["m"] = import_folder(plain_model_folder, "m", "test")
-        with _transaction(img) as root:
+        with in_transaction(img) as root:
             links = root["pLLM_obj"].model_bundles["m"].link_into(tmp_path / "links")
         assert all(p.is_symlink() for p in links.iterdir())
         from_image = EmbeddedBackend(links, settings, "image")
@@ -127,19 +127,6 @@ def test_logits_from_the_image_equal_logits_from_the_plain_folder(plain_model_fo
         from_image.close()
     finally:
         img.close()
-
-
-class _transaction:
-    def __init__(self, img):
-        from conftest import Session
-        self.session = Session(img.db)
-
-    def __enter__(self):
-        return self.session.__enter__()
-
-    def __exit__(self, *exc):
-        self.session.__exit__(*exc)
-        self.session.close()
 
 
 def test_experts_move_from_staging_to_blobs_to_warm_to_hot_and_out(adapters, model_cache, tmp_path):
@@ -170,10 +157,10 @@ def test_experts_move_from_staging_to_blobs_to_warm_to_hot_and_out(adapters, mod
         with pytest.raises(Exception, match="no expert named"):
             core.generate(prompt, expert="NOBODY", max_new_tokens=4)
 
-        with _transaction(img) as root:
+        with in_transaction(img) as root:
             serials = {n: r._p_serial for n, r in root["pLLM_obj"].lora_repository.items()}
         assert core.import_staged_experts() == ["BRICK", "ROBIN"]  # again: nothing new written
-        with _transaction(img) as root:
+        with in_transaction(img) as root:
             assert {n: r._p_serial for n, r in root["pLLM_obj"].lora_repository.items()} == serials
             assert root["pLLM_obj"].lora_repository["BRICK"].config["r"] == 8
     finally:
