@@ -28,6 +28,7 @@ test-fast: install
 bench: install
 	$(BIN)/python bench/kernel.py
 	$(BIN)/python bench/awaken.py
+	$(BIN)/python bench/synthesis.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
