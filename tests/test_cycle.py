@@ -213,3 +213,20 @@ def test_an_unforeseen_error_fails_the_cycle_and_releases_waiters(image):
     seen = cycle(runner, cid)
     assert seen["state"] == "FAILED" and "bug in a step" in seen["slots"]["reason"] and seen["method"] is None
     runner.close()
+
+
+def test_prune_forgets_finished_cycles_but_keeps_open_ones_and_methods(image):
+    runner, done = start(image, Script(GOOD))
+    runner.run(done)
+    target = runner.read(lambda root: oid_text(root["counter_obj"]))
+    waiting = runner.start_or_join(target, "something_else", [], {})
+    assert runner.prune(older_than_seconds=3600) == []  # finished just now: too young
+    assert runner.prune() == [done]
+    remaining = runner.read(lambda root: list(root["active_cycles"].keys()))
+    assert remaining == [waiting]
+    assert cycle_method_survives(runner)
+    runner.close()
+
+
+def cycle_method_survives(runner) -> bool:
+    return runner.read(lambda root: root["counter_obj"]._slots["add_to_total"].version == 1)

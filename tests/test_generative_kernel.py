@@ -140,6 +140,11 @@ def test_manual_approval_and_no_wait(image_path, model_server):
             assert c.send("counter_obj", "add_to_total", 5) == 15
         again = run_cli("cycles", "reject", queued["cycle"], *e)
         assert again.returncode == 1 and "bad_request" in again.stderr
+        pruned = json.loads(run_cli("cycles", "prune", *e).stdout)
+        assert pruned == {"pruned": [queued["cycle"]]}
+        assert json.loads(run_cli("cycles", "list", *e).stdout) == []
+        with srv.client() as c:
+            assert c.send("counter_obj", "add_to_total", 5) == 20  # the method outlives its cycle
     finally:
         srv.stop()
 

@@ -133,6 +133,8 @@ def cmd_cycles(client: Client, args) -> Any:
         return client.call("cycles_list")
     if args.action == "show":
         return client.call("cycle_show", cycle=args.cycle)
+    if args.action == "prune":
+        return client.call("cycles_prune", days=args.older_than)
     return client.call("cycle_decide", cycle=args.cycle, approve=args.action == "approve")
 
 
@@ -352,7 +354,7 @@ CLIENT_COMMANDS: dict[str, tuple[Callable, str]] = {
     "send": (cmd_send, "send a message; each ARG is a JSON literal or else a string"),
     "pack": (cmd_pack, "pack the running UVM's image (or, with --image, an image nobody serves)"),
     "shell": (cmd_shell, "interactive client with history"),
-    "cycles": (cmd_cycles, "list, show, approve and reject cognitive cycles"),
+    "cycles": (cmd_cycles, "list, show, approve, reject and prune cognitive cycles"),
     "methods": (cmd_methods, "a method's source and provenance; --history, --rollback N"),
     "model": (cmd_model, "import, list and switch language models held in the image"),
     "expert": (cmd_expert, "import LoRA adapters (experts) into the image"),
@@ -416,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
             actions = sub.add_subparsers(dest="action", metavar="ACTION", required=True)
             actions_list = actions.add_parser("list", help="every cycle, oldest first")
             _client_options(actions_list)
+            prune = actions.add_parser("prune", help="forget finished cycles (methods they installed stay)")
+            prune.add_argument("--older-than", type=float, default=0, metavar="DAYS",
+                               help="only those finished more than DAYS ago (default: all finished)")
+            _client_options(prune)
             for verb, text in (("show", "prompts, candidates, verdicts and timings of one cycle"),
                                ("approve", "install the method a cycle awaiting approval wrote"),
                                ("reject", "refuse it; the cycle ends FAILED")):

@@ -69,6 +69,7 @@ OPS: dict[str, tuple[dict[str, tuple], dict[str, tuple]]] = {
     "cycles_list": ({}, {"all": (bool,)}),
     "cycle_show": ({"cycle": (str,)}, {}),
     "cycle_decide": ({"cycle": (str,), "approve": (bool,)}, {}),
+    "cycles_prune": ({}, {"days": (int, float)}),
     "methods": ({"target": (str,), "selector": (str,)}, {}),
     "method_rollback": ({"target": (str,), "selector": (str,), "version": (int,)}, {}),
 }

@@ -42,7 +42,7 @@ WORKER_GRACE_SECONDS = 5.0
 # How long a model call waits for the model to be imported and loaded.
 MODEL_WAIT_SECONDS = 1800.0
 MODEL_OPS = frozenset({"upload", "model_import", "model_list", "model_use", "expert_import"})
-CYCLE_OPS = frozenset({"cycles_list", "cycle_show", "cycle_decide", "methods", "method_rollback"})
+CYCLE_OPS = frozenset({"cycles_list", "cycle_show", "cycle_decide", "cycles_prune", "methods", "method_rollback"})
 
 
 @dataclass
@@ -303,6 +303,11 @@ class UVM:
             return await self.pool.run(operation, writes=op in protocol.WRITING_OPS)
         if self.cycles is None:
             raise ProtocolError(Code.MODEL_UNAVAILABLE, "this UVM runs without a language model, so without cycles")
+        if op == "cycles_prune":
+            if fields.get("days", 0) < 0:
+                raise ProtocolError(Code.BAD_REQUEST, "days must not be negative")
+            pruned = await asyncio.to_thread(self.cycles.prune, fields.get("days", 0) * 86400)
+            return {"pruned": pruned}
         if op == "cycles_list":
             def listing(root):
                 cycles = [summary(c) for c in (root.get("active_cycles") or {}).values()]

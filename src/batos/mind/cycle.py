@@ -336,6 +336,19 @@ class CycleRunner:
         finally:
             self._finished(cycle_id, "FAILED")
 
+    def prune(self, older_than_seconds: float = 0.0) -> list[str]:
+        """Forget finished cycles last changed longer ago than ``older_than_seconds``; their ids.
+
+        Installed methods keep the id of the cycle that wrote them; only the record goes.
+        """
+        limit = time.time() - older_than_seconds
+        with self._transaction() as root:
+            cycles = root["active_cycles"]
+            doomed = [cid for cid, c in cycles.items() if state_of(c) in FINISHED and c._slots["updated"] <= limit]
+            for cycle_id in doomed:
+                del cycles[cycle_id]
+        return doomed
+
     def waiter(self, cycle_id: str) -> threading.Event:
         with self._lock:
             return self._done.setdefault(cycle_id, threading.Event())
