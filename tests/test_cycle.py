@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batos.image import Method, open_image
+from batos.image import open_image
 from batos.image.objects import oid_text
 from batos.llm.generation import BackendError
 from batos.mind.cycle import CyclePolicy, CycleRunner, state_of
