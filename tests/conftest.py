@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import ormsgpack
@@ -112,12 +115,10 @@ def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
 def opened_root(path):
     """The root of the image at ``path`` inside one transaction, committed unless it raises."""
     img = open_image(str(path))
-    session = Session(img.db)
     try:
-        with session as root:
+        with in_transaction(img) as root:
             yield root
     finally:
-        session.close()
         img.close()
 
 
@@ -130,6 +131,33 @@ def in_transaction(img):
             yield root
     finally:
         session.close()
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet HTTP handler for test servers that answer JSON."""
+
+    def answer(self, code: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve_http(handler: type[BaseHTTPRequestHandler]):
+    """``handler`` served on 127.0.0.1 in a thread; yields the base URL of its /v1 API."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def send_raw(endpoint: str, message: dict) -> zmq.Socket:

@@ -4,21 +4,19 @@ on 127.0.0.1 (deterministic answers), so every path a client meets can be assert
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from batos.client import RemoteError
 
-from conftest import Server, opened_root, run_cli
+from conftest import JsonHandler, Server, opened_root, run_cli, serve_http
 
 ADD = "def add_to_total(self, n):\n    self.total = self.total + n\n    self._p_changed = True\n    return self.total\n"
 EXAMPLE = {"slots": {"total": 10}, "args": [5], "result": 15}
 
 
-class ScriptedModel(BaseHTTPRequestHandler):
+class ScriptedModel(JsonHandler):
     answers: list[str] = []
     requests: list[dict] = []
     delay = 0.0
@@ -28,24 +26,14 @@ class ScriptedModel(BaseHTTPRequestHandler):
         ScriptedModel.requests.append(body)
         time.sleep(ScriptedModel.delay)
         text = ScriptedModel.answers.pop(0) if len(ScriptedModel.answers) > 1 else ScriptedModel.answers[0]
-        data = json.dumps({"choices": [{"message": {"content": f"```python\n{text}```"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.answer(200, {"choices": [{"message": {"content": f"```python\n{text}```"}}]})
 
 
 @pytest.fixture
 def model_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedModel)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     ScriptedModel.answers, ScriptedModel.requests, ScriptedModel.delay = [ADD], [], 0.0
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with serve_http(ScriptedModel) as url:
+        yield url
 
 
 def uvm(image_path, url, endpoint=None, **env):

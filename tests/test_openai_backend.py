@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -13,10 +11,10 @@ from batos.llm.generation import BackendError, ConfigurationError
 from batos.llm.openai_http import OpenAIBackend
 from batos.llm.settings import LLMSettings
 
-from conftest import Server, free_port
+from conftest import JsonHandler, Server, free_port, serve_http
 
 
-class ChatServer(BaseHTTPRequestHandler):
+class ChatServer(JsonHandler):
     """Answers /v1/chat/completions; the last user message steers it (for the error paths)."""
 
     received: list[dict] = []
@@ -26,41 +24,27 @@ class ChatServer(BaseHTTPRequestHandler):
         ChatServer.received.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
         prompt = body["messages"][-1]["content"]
         if self.path != "/v1/chat/completions":
-            return self._answer(404, {"error": "no such path"})
+            return self.answer(404, {"error": "no such path"})
         if prompt == "fail-500":
-            return self._answer(500, {"error": "boom"})
+            return self.answer(500, {"error": "boom"})
         if prompt == "fail-400":
-            return self._answer(400, {"error": "bad"})
+            return self.answer(400, {"error": "bad"})
         if prompt == "slow":
             time.sleep(3)
         if prompt == "garbage":
-            return self._answer(200, {"no": "choices"})
+            return self.answer(200, {"no": "choices"})
         system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
         text = f"echo[{system}]: {prompt}"
-        self._answer(200, {"choices": [{"message": {"role": "assistant", "content": text}}],
+        self.answer(200, {"choices": [{"message": {"role": "assistant", "content": text}}],
                            "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
 
-    def _answer(self, code, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
 def chat_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ChatServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     ChatServer.received.clear()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with serve_http(ChatServer) as url:
+        yield url
 
 
 def backend(url, timeout=2.0, **extra) -> OpenAIBackend:

@@ -23,6 +23,7 @@ DEFAULT_TIMEOUT = 30.0
 UPLOAD_CHUNK = 4 * 1024 * 1024
 
 EventCallback = Callable[[dict[str, Any]], None]
+EVENT = object()  # what _read reports for an event frame of the awaited request
 
 
 class RemoteError(Exception):
@@ -68,24 +69,20 @@ class _Calls:
         return request_id, ormsgpack.packb({"id": request_id, "op": op, **fields})
 
     def _read(self, frames: list[bytes], request_id: str, on_event: EventCallback | None) -> tuple[bool, Any]:
-        """(done, result) for one received message; stale replies and events give (False, None)."""
+        """(done, result) for one received message: (True, result) for this request's reply,
+        (False, EVENT) for one of its events, (False, None) for anything else (a stale reply)."""
         message = ormsgpack.unpackb(frames[-1])
         if not isinstance(message, dict) or message.get("id") != request_id:
             return False, None
         if "event" in message:
             if on_event is not None:
                 on_event(message["event"])
-            return False, None
+            return False, EVENT
         self.last_reply = message
         if message.get("ok"):
             return True, message.get("result")
         error = message.get("error") or {}
         raise RemoteError(error.get("code", "unknown"), error.get("message", ""))
-
-    @staticmethod
-    def _is_event(frames: list[bytes], request_id: str) -> bool:
-        message = ormsgpack.unpackb(frames[-1])
-        return isinstance(message, dict) and message.get("id") == request_id and "event" in message
 
     def _timed_out(self, op: str, timeout: float) -> BridgeTimeout:
         return BridgeTimeout(f"no reply to {op!r} from {self.endpoint} within {timeout:g} s; is `batos run` up?")
@@ -133,11 +130,10 @@ class Client(_Calls):
             left = deadline_ms - (time.monotonic() - started) * 1000
             if left <= 0 or not poller.poll(left):
                 raise self._timed_out(op, timeout)
-            frames = self._socket.recv_multipart()
-            done, result = self._read(frames, request_id, on_event)
+            done, result = self._read(self._socket.recv_multipart(), request_id, on_event)
             if done:
                 return result
-            if self._is_event(frames, request_id):
+            if result is EVENT:
                 started = time.monotonic()
 
     def ping(self) -> dict:
