@@ -8,6 +8,8 @@ from batos.image import open_image
 from batos.image.objects import oid_text
 from batos.llm.generation import BackendError
 from batos.mind.cycle import CyclePolicy, CycleRunner, state_of
+from batos.sandbox import run_method
+from batos.sandbox.verify import default_pool
 
 from conftest import in_transaction, opened_root
 
@@ -199,7 +201,10 @@ def test_the_installed_method_answers_on_the_target(image):
     runner, cid = start(image, Script(GOOD))
     runner.run(cid)
     with in_transaction(image) as root:
-        assert root["counter_obj"].add_to_total(5) == 15
+        counter = root["counter_obj"]
+        method = counter._slots["add_to_total"]
+        assert run_method(default_pool(), "add_to_total", method.source, counter, [5], {}, 10.0) == 15
+        assert counter.total == 15
     runner.close()
 
 

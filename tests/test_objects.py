@@ -9,7 +9,9 @@ from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 
 from batos.image import Method, UvmObject, open_image
-from batos.image.objects import MethodSourceError, delegation_chain
+from batos.sandbox import run_method
+from batos.sandbox.verify import default_pool
+from batos.image.objects import MethodSourceError, SandboxOnly, delegation_chain
 from batos.image.storage import normalize_uri
 
 from conftest import Session, opened_root
@@ -144,16 +146,18 @@ def test_method_source_must_be_one_function_of_the_selector():
         Method("area", "def area():\n    return 1\n")
 
 
-def test_method_runs_on_receiver_and_caches_compiled_function_only_in_memory(image_path):
+def test_stored_source_never_runs_in_process_only_in_the_sandbox(image_path):
     with opened_root(image_path) as root:
         proto = root["genesis_obj"]
         proto.double = Method("double", "def double(self, x):\n    return x * self.factor\n")
         child = proto.clone()
         child.factor = 3
         root["child"] = child
-        assert child.double(5) == 15
+        with pytest.raises(SandboxOnly):
+            child.double(5)
         method = proto._slots["double"]
-        assert method._v_function is not None
+        assert run_method(default_pool(), "double", method.source, child, [5], {}, 10.0) == 15
+        assert child.oid() is None or child.oid().startswith("0x")  # primitives still run here
         state = method.__getstate__()
         assert not any(key.startswith("_v_") for key in state)
 

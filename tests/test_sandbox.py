@@ -1,8 +1,8 @@
-"""The subprocess verifier: examples checked in a limited child process."""
+"""The verifier: examples checked in a confined sandbox worker."""
 
 from __future__ import annotations
 
-from batos.mind.sandbox import verify
+from batos.sandbox.verify import verify
 
 ADD = "def add_to_total(self, n):\n    self.total = self.total + n\n    self._p_changed = True\n    return self.total\n"
 
@@ -21,8 +21,8 @@ def test_passing_and_failing_examples():
 def test_exceptions_endless_loops_and_memory_hogs_are_contained():
     boom = verify("def f(self):\n    return 1 / 0\n", "f", {}, [])
     assert not boom.ok and "ZeroDivisionError" in boom.message and "line 2" in boom.message
-    spin = verify("def f(self):\n    while True:\n        pass\n", "f", {}, [], wall_seconds=30)
-    assert not spin.ok and ("CPU" in spin.message or "wall-clock" in spin.message)
+    spin = verify("def f(self):\n    while True:\n        pass\n", "f", {}, [], seconds=3)
+    assert not spin.ok and "wall-clock" in spin.message
     hog = verify("def f(self):\n    return len(bytearray(4 * 1024 * 1024 * 1024))\n", "f", {}, [])
     assert not hog.ok and "MemoryError" in hog.message
 

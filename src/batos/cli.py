@@ -135,7 +135,13 @@ def cmd_cycles(client: Client, args) -> Any:
         return client.call("cycle_show", cycle=args.cycle)
     if args.action == "prune":
         return client.call("cycles_prune", days=args.older_than)
-    return client.call("cycle_decide", cycle=args.cycle, approve=args.action == "approve")
+    if args.action == "approve":
+        # Approve exactly the source shown here: the server refuses if it has changed since.
+        shown = client.call("cycle_show", cycle=args.cycle)
+        print(f"approving {shown['selector']} (sha256 {shown['approved_digest']}):\n{shown.get('approved_source') or ''}",
+              file=sys.stderr)
+        return client.call("cycle_decide", cycle=args.cycle, approve=True, digest=shown["approved_digest"])
+    return client.call("cycle_decide", cycle=args.cycle, approve=False)
 
 
 def cmd_methods(client: Client, args) -> Any:

@@ -12,13 +12,14 @@ from zope.interface import implementer
 
 from batos.image.blobs import ensure_model_slots
 from batos.image.interfaces import IImage
-from batos.image.objects import Method, UvmObject
+from batos.image.objects import PARENT_SLOT, Method, UvmObject
+from batos.image.protection import PLLM_KERNEL_SLOTS, mark_kernel
 from batos.image.storage import ImageError, normalize_uri, open_database
 
 log = logging.getLogger(__name__)
 
 SCHEMA_KEY = "batos_schema"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 PSM_STATES = ("IDLE", "DECOMPOSING", "DELEGATING", "SYNTHESIZING", "VALIDATING", "AWAITING_APPROVAL",
               "COMPLETE", "FAILED")
 
@@ -58,8 +59,21 @@ def give_traits_every_primitive(root) -> None:
             traits._slots[selector] = Method(selector, origin="primitive", primitive=primitive)
 
 
+def protect_kernel_objects(root) -> None:
+    """Schema 5: kernel objects are marked, so only the kernel changes them (batos.image.protection)."""
+    mark_kernel(root["traits_obj"], (PARENT_SLOT, *TRAIT_PRIMITIVES))
+    mark_kernel(root["pLLM_obj"], PLLM_KERNEL_SLOTS)
+    psm = root["psm_prototypes_obj"]
+    mark_kernel(psm)
+    for state in PSM_STATES:
+        mark_kernel(psm._slots[state])
+    for cycle in root["active_cycles"].values():
+        mark_kernel(cycle)
+
+
 # MIGRATIONS[n] turns a schema-n root into a schema-(n+1) root, in one transaction.
-MIGRATIONS: dict[int, Migration] = {1: give_pllm_its_repositories, 2: give_psm_its_states, 3: give_traits_every_primitive}
+MIGRATIONS: dict[int, Migration] = {1: give_pllm_its_repositories, 2: give_psm_its_states, 3: give_traits_every_primitive,
+                                    4: protect_kernel_objects}
 
 
 class SchemaTooNewError(ImageError):
@@ -80,6 +94,7 @@ def genesis(root) -> None:
     root["active_cycles"] = OOBTree()
     give_pllm_its_repositories(root)
     give_psm_its_states(root)
+    protect_kernel_objects(root)
     root[SCHEMA_KEY] = SCHEMA_VERSION
 
 

@@ -13,11 +13,9 @@ from zope.interface import implementer
 
 from batos.image import primitives
 from batos.image.interfaces import IMethod, IUvmObject
-from batos.image.restricted import compile_method
 
 PARENT_SLOT = "parent*"
 ORIGINS = ("architect", "synthesized", "primitive")
-METHOD_FILENAME_PREFIX = "<batos-method "
 
 
 class MethodSourceError(ValueError):
@@ -50,6 +48,8 @@ def _fresh_containers(value: Any) -> Any:
 @implementer(IUvmObject)
 class UvmObject(persistent.Persistent):
     """A prototype object: slots in a PersistentMapping, delegation through ``parent*``."""
+
+    _kernel_slots: str | tuple[str, ...] | None = None  # see batos.image.protection
 
     def __init__(self, parents: list[UvmObject] | None = None, **slots: Any):
         self._slots = PersistentMapping()
@@ -241,30 +241,17 @@ class Method(persistent.Persistent):
             history=list(self.history) + [self.record()], **provenance,
         )
 
-    def function(self):
-        """The callable this Method stands for, compiled once per process and cached."""
-        cached = getattr(self, "_v_function", None)
-        if cached is not None and getattr(self, "_v_compiled_source", None) == self.source:
-            return cached
-        if self.origin == "primitive":
-            fn = primitives.get(self.primitive)
-        else:
-            fn = compile_function(self.selector, self.source, oid_text(self))
-        self._v_function = fn
-        self._v_compiled_source = self.source
-        return fn
-
     def __repr__(self) -> str:
         return f"<Method {self.selector} v{self.version} ({self.origin})>"
 
 
-def compile_function(selector: str, source: str, where: str | None):
-    """The method's function, compiled under RestrictedPython (see batos.image.restricted)."""
-    return compile_method(selector, source, f"{METHOD_FILENAME_PREFIX}{selector} {where or 'new'}>")
+class SandboxOnly(TypeError):
+    """Stored source never runs in the UVM's process; it runs in a sandbox worker."""
 
 
 class BoundMethod:
-    """A Method paired with its receiver at run time; never stored."""
+    """A Method paired with its receiver at run time; never stored. Calling it runs a primitive;
+    a method stored as source runs only in a sandbox worker (send the message instead)."""
 
     __slots__ = ("method", "receiver")
 
@@ -273,7 +260,9 @@ class BoundMethod:
         self.receiver = receiver
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.method.function()(self.receiver, *args, **kwargs)
+        if self.method.origin != "primitive":
+            raise SandboxOnly(f"{self.method.selector} is stored source; it runs only in a sandbox worker")
+        return primitives.get(self.method.primitive)(self.receiver, *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<bound {self.method!r} of {self.receiver!r}>"

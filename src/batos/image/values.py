@@ -15,6 +15,13 @@ from batos.image.objects import Method, UvmObject, oid_text
 
 SCALARS = (type(None), bool, int, float, str, bytes)
 MAX_DEPTH = 32
+MAX_NODES = 200_000
+
+
+class ValueTooLarge(ValueError):
+    """A value with more parts than plain data may have (a structure sharing its halves, say)."""
+
+    code = "too_large"
 
 
 def reference(obj: persistent.Persistent) -> dict:
@@ -30,8 +37,16 @@ def method_summary(method: Method) -> dict:
     return {"$method": method.selector, "origin": method.origin, "version": method.version}
 
 
-def to_plain(value: Any, _depth: int = 0) -> Any:
-    """``value`` as plain data, following the rules in this module's docstring."""
+def to_plain(value: Any, max_nodes: int = MAX_NODES) -> Any:
+    """``value`` as plain data, following the rules in this module's docstring; ValueTooLarge
+    past ``max_nodes`` parts (so a stored structure that shares its halves cannot pin a thread)."""
+    return _plain(value, 0, [max_nodes])
+
+
+def _plain(value: Any, _depth: int, budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ValueTooLarge("the value has too many parts to be shown as plain data")
     if isinstance(value, SCALARS):
         if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
             return {"$repr": repr(value)}
@@ -46,9 +61,9 @@ def to_plain(value: Any, _depth: int = 0) -> Any:
     ):
         return reference(value)
     if hasattr(value, "items"):
-        return {str(k): to_plain(v, _depth + 1) for k, v in value.items()}
+        return {str(k): _plain(v, _depth + 1, budget) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)) or hasattr(value, "append"):
-        return [to_plain(v, _depth + 1) for v in value]
+        return [_plain(v, _depth + 1, budget) for v in value]
     return {"$repr": repr(value)}
 
 

@@ -57,8 +57,10 @@ class Bridge:
         max_message_size: int = protocol.MAX_MESSAGE_SIZE,
         max_in_flight: int = 1024,
         curve_secret_key: str | None = None,
+        max_reply_bytes: int = protocol.MAX_MESSAGE_SIZE,
     ):
         self.endpoint = endpoint
+        self.max_reply_bytes = max_reply_bytes
         self.handler = handler
         self.max_message_size = max_message_size
         self.max_in_flight = max_in_flight
@@ -124,7 +126,7 @@ class Bridge:
             return
         envelope, payload = parts[:-1], parts[-1]
         try:
-            request = protocol.decode(payload)
+            request = protocol.decode(payload, peer=envelope[0] if envelope else b"")
         except ProtocolError as exc:
             self._send(envelope, protocol.error_reply(protocol.request_id_of(payload), exc.code, exc.message))
             return
@@ -148,6 +150,11 @@ class Bridge:
             log.error("reply to %s could not be encoded: %s", message.get("id"), exc)
             payload = protocol.encode(protocol.error_reply(
                 message.get("id"), Code.INTERNAL, f"the result could not be encoded: {exc}"))
+        if len(payload) > self.max_reply_bytes:
+            log.warning("reply %s of %d bytes replaced: over the reply limit", message.get("id"), len(payload))
+            payload = protocol.encode(protocol.error_reply(
+                message.get("id"), Code.TOO_LARGE,
+                f"the reply would be {len(payload)} bytes; replies are limited to {self.max_reply_bytes} (BATOS_MAX_REPLY_BYTES)"))
         try:
             self.socket.send_multipart(envelope + [payload], zmq.NOBLOCK)
         except zmq.ZMQError as exc:

@@ -9,25 +9,25 @@ worker aborts the transaction, so a failed request writes nothing.
 from __future__ import annotations
 
 import re
-import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import ormsgpack
 import persistent
 from ZODB.POSException import POSKeyError
-from transaction.interfaces import TransientError
 
+from batos.errors import BatosError, TooLarge
 from batos.image import primitives
-from batos.image.objects import (
-    METHOD_FILENAME_PREFIX, Method, MethodSourceError, UvmObject, compile_function,
-    function_name_of, lookup, oid_text,
-)
+from batos.image.objects import PARENT_SLOT, Method, MethodSourceError, UvmObject, function_name_of, lookup, oid_text
+from batos.image.protection import check_parents, check_writable
 from batos.image.traits import NotUnderstood, describe
-from batos.image.values import from_plain, to_plain
-from batos.kernel.budget import MethodTimeout, call_with_budget
+from batos.image.values import ValueTooLarge, from_plain, to_plain
 from batos.kernel import services
 from batos.kernel.protocol import Code, ProtocolError
 from batos.mind import guardian
+from batos.sandbox import SandboxLimits, SandboxPool, run_method
+from batos.sandbox.host import method_digest
+from batos.sandbox.restricted import check_compiles
 
 OID_TEXT = re.compile(r"^0x[0-9a-fA-F]{1,16}$")
 
@@ -85,59 +85,84 @@ def _adopt_new_objects(root, value: Any) -> None:
             _adopt_new_objects(root, item)
 
 
-def _method_error(exc: BaseException) -> ProtocolError:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(METHOD_FILENAME_PREFIX)]
-    where = ""
-    if frames:
-        last = frames[-1]
-        where = f" (line {last.lineno} of {last.name})"
-    return ProtocolError(Code.METHOD_ERROR, f"{type(exc).__name__}: {exc}{where}")
+def _value_depth(value: Any, limit: int, depth: int = 0) -> None:
+    if depth > limit:
+        raise TooLarge(f"a value nested more than {limit} levels deep")
+    if isinstance(value, dict):
+        for item in value.values():
+            _value_depth(item, limit, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _value_depth(item, limit, depth + 1)
 
 
-def invoke(method: Method, receiver: UvmObject, args: list, kwargs: dict, budget: float) -> Any:
-    """Call ``method`` on ``receiver`` under a time budget, mapping failures to error codes."""
-    try:
-        fn = method.function()
-    except SyntaxError as exc:
-        raise ProtocolError(Code.INVALID_SOURCE, f"stored method {method.selector!r} does not compile: {exc}") from None
-    try:
-        return call_with_budget(fn, budget, receiver, *args, **kwargs)
-    except (ProtocolError, TransientError):
-        raise
-    except NotUnderstood as exc:
-        raise ProtocolError(Code.NOT_UNDERSTOOD, str(exc)) from None
-    except MethodTimeout as exc:
-        raise ProtocolError(Code.TIMEOUT, f"{method.selector}: {exc}; nothing was written") from None
-    except Exception as exc:
-        raise _method_error(exc) from None
-
-
+@dataclass
 class Dispatcher:
-    """Maps each op to a function of the root, run by a worker inside one transaction."""
+    """Maps each op to a function of the root, run by a worker inside one transaction.
 
-    def __init__(self, method_budget: float = 10.0, synthesize_missing: bool = False):
-        self.method_budget = method_budget
-        self.synthesize_missing = synthesize_missing
+    Stored methods run in ``sandbox``'s workers, never here; primitives run here.
+    """
+
+    sandbox: SandboxPool
+    method_budget: float = 10.0
+    synthesize_missing: bool = False
+    max_source_bytes: int = guardian.MAX_SOURCE_BYTES
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+
+    def invoke(self, method: Method, receiver: UvmObject, args: list, kwargs: dict) -> Any:
+        """Run a stored method in the sandbox; its failures become error codes."""
+        if method.origin == "primitive":
+            try:
+                return primitives.get(method.primitive)(receiver, *args, **kwargs)
+            except NotUnderstood as exc:
+                raise ProtocolError(Code.NOT_UNDERSTOOD, str(exc)) from None
+            except BatosError as exc:
+                raise ProtocolError(exc.code, str(exc)) from None
+            except Exception as exc:
+                raise ProtocolError(Code.METHOD_ERROR, f"{method.selector}: {type(exc).__name__}: {exc}") from None
+        try:
+            return run_method(self.sandbox, method.selector, method.source, receiver, args, kwargs,
+                              self.method_budget, digest=method_digest(method))
+        except BatosError as exc:
+            raise ProtocolError(exc.code, str(exc)) from None
+
+    def check_value(self, slot: str, value: Any) -> None:
+        """A value a client wants stored: within the size and depth limits."""
+        size = len(ormsgpack.packb(value, option=ormsgpack.OPT_NON_STR_KEYS))
+        if size > self.limits.max_slot_bytes:
+            raise ProtocolError(Code.TOO_LARGE, f"slot {slot!r}: a value of {size} bytes is over the limit of {self.limits.max_slot_bytes}")
+        try:
+            _value_depth(value, self.limits.max_value_depth)
+        except TooLarge as exc:
+            raise ProtocolError(Code.TOO_LARGE, f"slot {slot!r}: {exc}") from None
 
     def op_describe(self, root, fields: dict) -> Any:
-        return describe(resolve_target(root, fields["target"]))
+        return _plain_reply(describe, resolve_target(root, fields["target"]))
 
     def op_get(self, root, fields: dict) -> Any:
         receiver = resolve_target(root, fields["target"])
         value, holder = lookup(receiver, fields["slot"])
         if holder is None:
             raise ProtocolError(Code.NOT_FOUND, f"{receiver!r} has no slot {fields['slot']!r}")
-        return to_plain(value)
+        return _plain_reply(to_plain, value)
 
     def op_set(self, root, fields: dict) -> Any:
         receiver = resolve_target(root, fields["target"])
-        _check_slot_name(fields["slot"])
-        setattr(receiver, fields["slot"], _incoming(root, fields["value"]))
-        return to_plain(receiver._slots[fields["slot"]])
+        slot = fields["slot"]
+        _check_slot_name(slot)
+        self.check_value(slot, fields["value"])
+        _guarded(check_writable, receiver, slot)
+        value = _incoming(root, fields["value"])
+        if slot == PARENT_SLOT:
+            _guarded(check_parents, value)
+        setattr(receiver, slot, value)
+        return _plain_reply(to_plain, receiver._slots[slot])
 
     def op_define(self, root, fields: dict) -> Any:
         receiver = resolve_target(root, fields["target"])
         source = fields["source"]
+        if len(source.encode()) > self.max_source_bytes:
+            raise ProtocolError(Code.TOO_LARGE, f"a method's source may be at most {self.max_source_bytes} bytes")
         try:
             selector = function_name_of(source)
             if fields.get("selector", selector) != selector:
@@ -146,13 +171,14 @@ class Dispatcher:
         except (MethodSourceError, SyntaxError) as exc:
             raise ProtocolError(Code.INVALID_SOURCE, str(exc)) from None
         try:
-            guardian.audit(source, selector)
+            guardian.audit(source, selector, self.max_source_bytes)
         except guardian.GuardianError as exc:
             raise ProtocolError(Code.GUARDIAN_REJECTED, f"{type(exc).__name__}: {exc}") from None
         try:
-            compile_function(selector, source, oid_text(receiver))
+            check_compiles(source, f"<define {selector}>")
         except SyntaxError as exc:
             raise ProtocolError(Code.INVALID_SOURCE, f"RestrictedPython refused it: {exc}") from None
+        _guarded(check_writable, receiver, selector)
         current = receiver._slots.get(selector)
         method = current.successor(source) if isinstance(current, Method) else Method(selector, source)
         setattr(receiver, selector, method)
@@ -173,6 +199,7 @@ class Dispatcher:
         if wanted is None or wanted.get("origin") == "primitive":
             known = ", ".join(str(v) for v in sorted(versions)) or "none"
             raise ProtocolError(Code.NOT_FOUND, f"{fields['selector']} has no earlier version {fields['version']} (earlier: {known})")
+        _guarded(check_writable, receiver, fields["selector"])
         restored = method.successor(wanted["source"], origin=wanted["origin"], persona=wanted.get("persona"),
                                     cycle=wanted.get("cycle"), facet_system=wanted.get("facet_system"))
         setattr(receiver, fields["selector"], restored)
@@ -198,16 +225,31 @@ class Dispatcher:
             fallback, _ = lookup(receiver, "_doesNotUnderstand_")
             if not isinstance(fallback, Method):
                 raise ProtocolError(Code.NOT_UNDERSTOOD, f"{receiver!r} does not understand {selector!r}")
-            result = invoke(fallback, receiver, [selector, *args], kwargs, self.method_budget)
+            result = self.invoke(fallback, receiver, [selector, *args], kwargs)
         elif isinstance(value, Method) and value.origin == "primitive" and primitives.is_service(value.primitive):
             return ServiceCall(value.primitive, oid_text(receiver), tuple(args), dict(kwargs))
         elif isinstance(value, Method) and value.facet_system:
             return ServiceCall(services.INFER, oid_text(receiver), tuple(args), {**kwargs, "system": value.facet_system})
         elif isinstance(value, Method):
-            result = invoke(value, receiver, args, kwargs, self.method_budget)
+            result = self.invoke(value, receiver, args, kwargs)
         elif args or kwargs:
             raise ProtocolError(Code.BAD_REQUEST, f"slot {selector!r} holds data, not a method; it takes no arguments")
         else:
             result = value
         _adopt_new_objects(root, result)
-        return to_plain(result)
+        return _plain_reply(to_plain, result)
+
+
+def _guarded(check, *args: Any) -> None:
+    """Run a protection check, its refusal as the protocol's error code."""
+    try:
+        check(*args)
+    except BatosError as exc:
+        raise ProtocolError(exc.code, str(exc)) from None
+
+
+def _plain_reply(convert, value: Any) -> Any:
+    try:
+        return convert(value)
+    except ValueTooLarge as exc:
+        raise ProtocolError(Code.TOO_LARGE, str(exc)) from None

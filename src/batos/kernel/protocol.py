@@ -35,6 +35,9 @@ class Code:
     MODEL_UNAVAILABLE = "model_unavailable"  # no language model (off, failed, or not ready in time)
     BACKEND_ERROR = "backend_error"  # the language model backend failed
     IMPORT_FAILED = "import_failed"  # a model or adapter could not be imported; nothing was written
+    PROTECTED = "protected"  # a kernel object or kernel slot; only the kernel changes it
+    TOO_LARGE = "too_large"  # a value, source, reply or write set over its limit; nothing was written
+    RATE_LIMITED = "rate_limited"  # too many cycles started by this client in the last minute
     BUSY = "busy"  # too many requests in flight
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
@@ -68,7 +71,7 @@ OPS: dict[str, tuple[dict[str, tuple], dict[str, tuple]]] = {
     "expert_import": ({"upload_id": (str,)}, {"name": (str,)}),
     "cycles_list": ({}, {"all": (bool,)}),
     "cycle_show": ({"cycle": (str,)}, {}),
-    "cycle_decide": ({"cycle": (str,), "approve": (bool,)}, {}),
+    "cycle_decide": ({"cycle": (str,), "approve": (bool,)}, {"digest": (str,)}),
     "cycles_prune": ({}, {"days": (int, float)}),
     "methods": ({"target": (str,), "selector": (str,)}, {}),
     "method_rollback": ({"target": (str,), "selector": (str,), "version": (int,)}, {}),
@@ -82,9 +85,10 @@ class Request:
     id: str
     op: str
     fields: dict[str, Any]
+    peer: bytes = b""  # the client's routing identity (which client asked), for per-client limits
 
 
-def decode(payload: bytes) -> Request:
+def decode(payload: bytes, peer: bytes = b"") -> Request:
     """Parse and validate one payload frame; ProtocolError says what is wrong with it."""
     try:
         message = ormsgpack.unpackb(payload)
@@ -116,7 +120,7 @@ def decode(payload: bytes) -> Request:
             raise ProtocolError(Code.BAD_REQUEST, f"field {name!r} must be 1 to {MAX_NAME_LENGTH} characters")
     if "kwargs" in fields and not all(isinstance(k, str) for k in fields["kwargs"]):
         raise ProtocolError(Code.BAD_REQUEST, "'kwargs' keys must be strings")
-    return Request(request_id, op, fields)
+    return Request(request_id, op, fields, peer)
 
 
 def request_id_of(payload: bytes) -> str | None:

@@ -32,6 +32,9 @@ from batos.kernel.logs import MESSAGES_LOGGER
 from batos.kernel.protocol import Code, ProtocolError, Request
 from batos.kernel.uploads import Uploads
 from batos.kernel.workers import ConflictRetriesExhausted, JobAbandoned, WorkerPool
+from batos.errors import BatosError
+from batos.sandbox import SandboxLimits, SandboxPool
+from batos.kernel.limits import CycleStarts
 
 log = logging.getLogger(__name__)
 message_log = logging.getLogger(MESSAGES_LOGGER)
@@ -62,6 +65,22 @@ class Settings:
     approval: str = "auto"  # or "manual": synthesized methods wait for `batos cycles approve`
     max_iterations: int = 5
 
+    # limits (see README, "Limits"); each answers with a clear code and writes nothing
+    max_slot_bytes: int = 1024**2
+    max_value_depth: int = 32
+    max_reply_bytes: int = protocol.MAX_MESSAGE_SIZE
+    max_source_bytes: int = 64 * 1024
+    max_write_bytes: int = 8 * 1024**2
+    max_cycles_per_minute: int = 10
+    max_open_cycles: int = 64
+    sandbox_workers: int = 0  # 0: as many as `workers`
+    sandbox_memory_bytes: int = 1024**3
+
+    def sandbox_limits(self) -> SandboxLimits:
+        return SandboxLimits(memory_bytes=self.sandbox_memory_bytes, max_frame=self.max_reply_bytes,
+                             max_slot_bytes=self.max_slot_bytes, max_value_depth=self.max_value_depth,
+                             max_write_bytes=self.max_write_bytes)
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then BATOS_* variables, then ``overrides`` that are not None."""
@@ -77,7 +96,10 @@ class UVM:
         self.image: Image | None = None
         self.pool: WorkerPool | None = None
         self.bridge: Bridge | None = None
-        self.dispatcher = Dispatcher(method_budget=settings.method_budget)
+        self.sandbox = SandboxPool(settings.sandbox_workers or settings.workers, settings.sandbox_limits())
+        self.dispatcher = Dispatcher(self.sandbox, method_budget=settings.method_budget,
+                                     max_source_bytes=settings.max_source_bytes, limits=settings.sandbox_limits())
+        self.cycle_starts = CycleStarts(settings.max_cycles_per_minute, settings.max_open_cycles)
         self.core: CognitiveCore | None = None
         self.uploads: Uploads | None = None
         self.cycles: CycleRunner | None = None
@@ -104,10 +126,12 @@ class UVM:
             self.core = CognitiveCore(self.image.db, self.settings.llm, llm_settings,
                                       scratch=self._side_folder("scratch"))
             self.uploads = Uploads(self._side_folder("uploads"))
+            self.sandbox.start()
             if self.settings.llm != "none":
                 self.cycles = CycleRunner(self.image.db, self._generate_for_cycle, CyclePolicy(
-                    max_iterations=self.settings.max_iterations, approval=self.settings.approval),
-                    model_name=lambda: self.core.stats().get("model", self.settings.llm))
+                    max_iterations=self.settings.max_iterations, approval=self.settings.approval,
+                    max_source_bytes=self.settings.max_source_bytes),
+                    model_name=lambda: self.core.stats().get("model", self.settings.llm), sandbox=self.sandbox)
                 self.dispatcher.synthesize_missing = True
             self.uploads.clean_stale()
             self.pool = WorkerPool(self.image.db, self.settings.workers)
@@ -116,6 +140,7 @@ class UVM:
                 self.settings.endpoint, self.handle,
                 max_message_size=self.settings.max_message_size,
                 curve_secret_key=self.settings.curve_secret_key,
+                max_reply_bytes=self.settings.max_reply_bytes,
             )
             self.bridge.bind()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -176,6 +201,7 @@ class UVM:
             ("workers", lambda: self.pool and self.pool.stop(self.settings.drain_seconds)),
             ("bridge", lambda: self.bridge and self.bridge.close()),
             ("cycles", lambda: self.cycles and self.cycles.close()),
+            ("sandbox", self.sandbox.close),
             ("language model", lambda: self.core and self.core.close()),
             ("image", lambda: self.image and self.image.close()),
         ):
@@ -207,6 +233,9 @@ class UVM:
         except ProtocolError as exc:
             outcome = exc.code
             reply = protocol.error_reply(request.id, exc.code, exc.message)
+        except BatosError as exc:
+            outcome = exc.code
+            reply = protocol.error_reply(request.id, exc.code, str(exc))
         except Exception as exc:
             outcome = Code.INTERNAL
             log.exception("request %s (%s) failed", request.id, request.op)
@@ -271,8 +300,9 @@ class UVM:
         """A message nothing understands: start (or join) a cycle, wait for it, then answer."""
         selector, *args = call.args
         options = call.options or {}
+        may_start = functools.partial(self.cycle_starts.allow, request.peer)
         cycle_id = await asyncio.to_thread(self.cycles.start_or_join, call.receiver, selector, args, call.kwargs,
-                                           options.get("intent"), options.get("examples"))
+                                           options.get("intent"), options.get("examples"), may_start)
         done = self.cycles.waiter(cycle_id)
         self._cycle_queue.put(cycle_id)
         if not options.get("wait", True):
@@ -325,7 +355,7 @@ class UVM:
             return await asyncio.to_thread(self.cycles.read, find)
         await asyncio.to_thread(self.cycles.read, find)
         try:
-            state = await asyncio.to_thread(self.cycles.decide, fields["cycle"], fields["approve"])
+            state = await asyncio.to_thread(self.cycles.decide, fields["cycle"], fields["approve"], fields.get("digest"))
         except ValueError as exc:
             raise ProtocolError(Code.BAD_REQUEST, str(exc)) from None
         return {"cycle": fields["cycle"], "state": state}
@@ -415,4 +445,5 @@ class UVM:
             "dropped_replies": self.bridge.dropped_replies if self.bridge else 0,
             "messages": dict(self.counts),
             "llm": self.core.stats() if self.core else {"state": "off"},
+            "sandbox": self.sandbox.stats(),
         }

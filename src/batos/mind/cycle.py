@@ -21,6 +21,7 @@ committed state; install and COMPLETE share a transaction, so a method is instal
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import random
 import threading
@@ -33,16 +34,21 @@ import transaction
 import ZODB
 from persistent.list import PersistentList
 
+from batos.errors import BatosError
 from batos.image.objects import Method, UvmObject, oid_text, parents_of
-from batos.image.values import to_plain
+from batos.image.protection import mark_kernel
+from batos.image.values import ValueTooLarge, to_plain
 from batos.image.genesis import PSM_STATES as STATES  # noqa: F401  (the states, for readers of this module)
 from batos.llm.generation import BackendError, Message
-from batos.mind import guardian, sandbox
+from batos.mind import guardian
 from batos.mind.synthesis import build_messages, extract_function
+from batos.sandbox import SandboxPool
+from batos.sandbox.verify import verify
 
 log = logging.getLogger(__name__)
 
 FINISHED = ("COMPLETE", "FAILED")
+MAX_STORED_TEXT = 32 * 1024  # a model's answer (or a prompt) is kept once, and at most this long
 STATE_SLOT = "synthesis_state*"
 Generate = Callable[[list[Message]], str]
 Listener = Callable[[str, str], None]  # (cycle id, state)
@@ -56,6 +62,7 @@ class CyclePolicy:
     backoff_cap: float = 30.0
     approval: str = "auto"  # or "manual"
     persona: str = "BRICK"
+    max_source_bytes: int = guardian.MAX_SOURCE_BYTES
 
 
 def is_facet(selector: str) -> bool:
@@ -77,6 +84,17 @@ def state_of(cycle: UvmObject) -> str:
     return cycle._slots[STATE_SLOT].name
 
 
+def source_digest(source: str | None) -> str | None:
+    """What `batos cycles approve` names: the sha256 of the exact source that would be installed."""
+    return hashlib.sha256(source.encode()).hexdigest() if source else None
+
+
+def bounded(text: str | None, limit: int = MAX_STORED_TEXT) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + f"\n... ({len(text) - limit} more characters not kept)"
+
+
 def summary(cycle: UvmObject, detail: bool = False) -> dict[str, Any]:
     """A cycle as plain data (with every attempt when ``detail``)."""
     slots = cycle._slots
@@ -85,8 +103,10 @@ def summary(cycle: UvmObject, detail: bool = False) -> dict[str, Any]:
         "selector": slots["selector"], "iteration": slots["iteration"], "reason": slots.get("reason"),
         "created": slots["created"], "updated": slots["updated"], "installed_version": slots.get("installed_version"),
         "transitions": [dict(t) for t in slots["transitions"]],
+        "approved_digest": source_digest(slots.get("approved_source")),
     }
     if detail:
+        data["approved_source"] = slots.get("approved_source")
         data["brief"] = to_plain(slots.get("brief"))
         data["attempts"] = [dict(a) for a in slots["attempts"]]
     return data
@@ -95,7 +115,7 @@ def summary(cycle: UvmObject, detail: bool = False) -> dict[str, Any]:
 def mission_brief(target: UvmObject, selector: str, args: list, kwargs: dict, intent: str | None,
                   examples: list[dict]) -> dict[str, Any]:
     """What the model is told about the target: data slots, known methods, related sources."""
-    data = {name: to_plain(value) for name, value in target._slots.items()
+    data = {name: _brief_value(value) for name, value in target._slots.items()
             if name != "parent*" and not isinstance(value, Method)}
     methods, related = [], []
     for holder in [target, *parents_of(target)]:
@@ -109,11 +129,20 @@ def mission_brief(target: UvmObject, selector: str, args: list, kwargs: dict, in
             "methods": sorted(set(methods)), "related_sources": related}
 
 
+def _brief_value(value: Any) -> Any:
+    try:
+        return to_plain(value, max_nodes=2000)
+    except ValueTooLarge:
+        return {"$repr": "(too large to show)"}
+
+
 class CycleRunner:
     """Runs cycles one at a time in a thread of its own, with its own connection."""
 
     def __init__(self, db: ZODB.DB, generate: Generate, policy: CyclePolicy | None = None,
-                 model_name: Callable[[], str] | None = None, sleep: Callable[[float], None] = time.sleep):
+                 model_name: Callable[[], str] | None = None, sleep: Callable[[float], None] = time.sleep,
+                 sandbox: SandboxPool | None = None):
+        self.sandbox = sandbox  # where candidates are verified (None: the process's default pool)
         self.generate = generate
         self.policy = policy or CyclePolicy()
         self.model_name = model_name or (lambda: "unknown")
@@ -166,11 +195,14 @@ class CycleRunner:
         except BackendError as exc:
             return self._fail(cycle_id, f"the language model failed: {exc}")
         seconds = time.perf_counter() - started
-        candidate = extract_function(answer, brief["selector"])
+        candidate = extract_function(answer[:MAX_STORED_TEXT * 4], brief["selector"])
+        verdict = None if candidate else f"no function named {brief['selector']!r} in the answer"
+        if candidate and len(candidate.encode()) > self.policy.max_source_bytes:
+            candidate, verdict = None, f"the function is over {self.policy.max_source_bytes} bytes; write a shorter one"
         with self._cycle(cycle_id) as (root, cycle):
             cycle._slots["attempts"].append({
-                "iteration": cycle._slots["iteration"], "prompt": messages[-1]["content"], "answer": answer,
-                "candidate": candidate, "verdict": None if candidate else f"no function named {brief['selector']!r} in the answer",
+                "iteration": cycle._slots["iteration"], "prompt": bounded(messages[-1]["content"]),
+                "answer": bounded(answer), "candidate": candidate, "verdict": verdict,
                 "generation_seconds": round(seconds, 3),
             })
             cycle._slots["attempts"]._p_changed = True
@@ -197,8 +229,9 @@ class CycleRunner:
         source, verdict = self._check(candidate, brief)
         with self._cycle(cycle_id) as (root, cycle):
             attempt = cycle._slots["attempts"][-1]
-            attempt.update(verdict=verdict or "passed", final_source=source,
-                           validation_seconds=round(time.perf_counter() - started, 3))
+            attempt.update(verdict=verdict or "passed", validation_seconds=round(time.perf_counter() - started, 3))
+            if source != candidate:
+                attempt["final_source"] = source
             cycle._slots["attempts"]._p_changed = True
             if verdict is None:
                 cycle._slots["approved_source"] = source
@@ -228,7 +261,7 @@ class CycleRunner:
         if is_facet(selector):
             return candidate, None  # written by BatOS, not the model; its call runs outside the process
         examples = brief["examples"] or [{"args": brief["args"], "kwargs": brief["kwargs"]}]
-        result = sandbox.verify(candidate, selector, brief["slots"], examples, oid=brief["oid"])
+        result = verify(candidate, selector, brief["slots"], examples, oid=brief["oid"], pool=self.sandbox)
         return candidate, None if result.ok else f"verification: {result.message}"
 
     def _revise_or_fail(self, cycle_id: str) -> None:
@@ -291,13 +324,23 @@ class CycleRunner:
     # --- starting, waiting, approving --------------------------------------------------------------
 
     def start_or_join(self, target_oid: str, selector: str, args: list, kwargs: dict,
-                      intent: str | None = None, examples: list | None = None) -> str:
-        """The open cycle for (target, selector), or a new one in IDLE; its id."""
+                      intent: str | None = None, examples: list | None = None,
+                      may_start: Callable[[int], None] | None = None) -> str:
+        """The open cycle for (target, selector), or a new one in IDLE; its id.
+
+        Before a new cycle is made, ``may_start(number of open cycles)`` may refuse by raising.
+        """
         with self._lock, self._transaction() as root:
+            open_cycles = 0
             for cycle in root["active_cycles"].values():
                 s = cycle._slots
-                if oid_text(s["target"]) == target_oid and s["selector"] == selector and state_of(cycle) not in FINISHED:
+                if state_of(cycle) in FINISHED:
+                    continue
+                open_cycles += 1
+                if oid_text(s["target"]) == target_oid and s["selector"] == selector:
                     return s["cycle_id"]
+            if may_start is not None:
+                may_start(open_cycles)
             target = self._connection.get(int(target_oid, 16).to_bytes(8, "big"))
             cycle_id = uuid.uuid4().hex[:12]
             now = time.time()
@@ -307,6 +350,7 @@ class CycleRunner:
                 transitions=[{"state": "IDLE", "at": now}], created=now, updated=now,
                 **{STATE_SLOT: root["psm_prototypes_obj"]._slots["IDLE"]},
             )
+            mark_kernel(root["active_cycles"][cycle_id])
             return cycle_id
 
     def unfinished(self) -> list[str]:
@@ -315,12 +359,19 @@ class CycleRunner:
             cycles = root.get("active_cycles") or {}
             return [c._slots["cycle_id"] for c in cycles.values() if state_of(c) not in (*FINISHED, "AWAITING_APPROVAL")]
 
-    def decide(self, cycle_id: str, approve: bool) -> str:
-        """Approve (install) or reject a cycle waiting for approval; its new state."""
+    def decide(self, cycle_id: str, approve: bool, digest: str | None = None) -> str:
+        """Approve (install) or reject a cycle waiting for approval; its new state.
+
+        With ``digest``, approval installs only the source whose sha256 it is (what was shown).
+        """
         with self._running:
             with self._cycle(cycle_id) as (root, cycle):
                 if state_of(cycle) != "AWAITING_APPROVAL":
                     raise ValueError(f"cycle {cycle_id} is {state_of(cycle)}, not AWAITING_APPROVAL")
+                shown = source_digest(cycle._slots.get("approved_source"))
+                if approve and digest is not None and digest != shown:
+                    raise BatosError(f"cycle {cycle_id}'s source has digest {shown}, not {digest}: "
+                                     "show it again and approve what you see", code="conflict")
                 if approve:
                     self._install(root, cycle)
                 else:

@@ -13,9 +13,14 @@ Three rules, each violation reported with its line so that it can be fed back to
   ``__import__``, ``globals``, ``vars``, ``locals``...); ``getattr``/``setattr``/``delattr`` only
   with a literal public name; no name or attribute beginning with ``_`` (except the covenant's
   ``self._p_changed`` and the throwaway name ``_``); no frame, code or generator internals; no
-  format string that reaches into attributes or items; no bare ``except`` or ``except
-  BaseException`` (which would swallow the time budget). Lambdas and comprehensions are audited
-  like any other code.
+  format string that reaches into attributes or items; an ``except`` may name only built-in
+  subclasses of ``Exception`` (by name, or a tuple of names), never bare, never ``BaseException``,
+  ``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit`` or a computed expression; default
+  arguments are literal constants (they are evaluated when the method is compiled). Lambdas and
+  comprehensions are audited like any other code.
+
+The audit takes time linear in the source, which is capped at MAX_SOURCE_BYTES before it is
+parsed: a hostile source cannot make the Guardian itself slow.
 
 The Guardian is one layer of several (RestrictedPython, subprocess verification, time budgets);
 none of them is a security boundary alone.
@@ -24,7 +29,8 @@ none of them is a security boundary alone.
 from __future__ import annotations
 
 import ast
-import re
+import builtins
+import string
 
 COVENANT = "self._p_changed = True"
 BANNED_CALLS = frozenset({
@@ -38,7 +44,9 @@ INTERNAL_ATTRIBUTES = frozenset({
     "f_globals", "f_locals", "f_builtins", "f_back", "f_code", "tb_frame", "tb_next", "co_code",
     "func_globals", "func_code", "mro", "format_map",
 })
-FORMAT_REACH = re.compile(r"\{[^{}]*[.\[][^{}]*\}")
+MAX_SOURCE_BYTES = 64 * 1024
+CATCHABLE = frozenset(name for name, value in vars(builtins).items()
+                      if isinstance(value, type) and issubclass(value, Exception))
 
 
 class GuardianError(ValueError):
@@ -101,12 +109,16 @@ def _ends_with_covenant(body: list[ast.stmt]) -> bool:
     return len(body) >= 2 and isinstance(body[-1], ast.Return) and _is_covenant(body[-2])
 
 
-def the_function(source: str, selector: str) -> ast.FunctionDef:
+def the_function(source: str, selector: str, max_bytes: int = MAX_SOURCE_BYTES) -> ast.FunctionDef:
     """Parse ``source`` and return its one function; GuardianError when the shape is wrong."""
+    if len(source) > max_bytes or len(source.encode("utf-8", "replace")) > max_bytes:
+        raise GuardianError(f"the source is over {max_bytes} bytes; a method must be shorter")
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
         raise GuardianError(f"line {exc.lineno}: the source does not parse: {exc.msg}") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise GuardianError("the source is nested too deeply to audit") from None
     functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
     if len(tree.body) != 1 or len(functions) != 1:
         raise GuardianError(f"the source must be exactly one top-level 'def {selector}(self, ...)' and nothing else")
@@ -147,10 +159,11 @@ def _unsafe(node: ast.AST, function: ast.FunctionDef) -> str | None:
     if isinstance(node, ast.FunctionDef) and node is not function:
         return "nested function definitions are not allowed (use a lambda or a loop)"
     if isinstance(node, ast.ExceptHandler):
-        if node.type is None:
-            return "a bare 'except:' would swallow the time budget; name the exceptions (e.g. except Exception)"
-        if isinstance(node.type, ast.Name) and node.type.id == "BaseException":
-            return "'except BaseException' would swallow the time budget; use 'except Exception'"
+        return _uncatchable(node)
+    if isinstance(node, (ast.FunctionDef, ast.Lambda)):
+        defaults = [*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)]
+        if not all(_is_literal(d) for d in defaults):
+            return "default arguments must be literal constants (numbers, strings, None, True, False)"
     if isinstance(node, ast.Name):
         if node.id in BANNED_CALLS:
             return f"'{node.id}' is not allowed"
@@ -169,22 +182,47 @@ def _unsafe(node: ast.AST, function: ast.FunctionDef) -> str | None:
         name = node.args[1] if len(node.args) > 1 else None
         if not (isinstance(name, ast.Constant) and isinstance(name.value, str) and not name.value.startswith("_")):
             return f"{node.func.id}() needs a literal attribute name that does not begin with '_'"
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        if "__" in node.value:
-            return "string constants containing '__' are not allowed"
-        if FORMAT_REACH.search(node.value) and _used_as_template(node, function):
-            return "a format template may not reach into attributes or items ({x.attr}, {x[0]})"
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and "__" in node.value:
+        return "string constants containing '__' are not allowed"
+    if (isinstance(node, ast.Attribute) and node.attr in ("format", "format_map")
+            and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+            and _template_reaches(node.value.value)):
+        return "a format template may not reach into attributes or items ({x.attr}, {x[0]})"
     return None
 
 
-def _used_as_template(constant: ast.Constant, function: ast.FunctionDef) -> bool:
-    return any(isinstance(n, ast.Attribute) and n.value is constant and n.attr in ("format", "format_map")
-               for n in ast.walk(function))
+def _uncatchable(handler: ast.ExceptHandler) -> str | None:
+    names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    for name in names:
+        if name is None:
+            return "a bare 'except:' would catch the signals that stop a method; name the exceptions (e.g. except Exception)"
+        if not isinstance(name, ast.Name):
+            return "an 'except' must name built-in exceptions directly (e.g. except (KeyError, ValueError))"
+        if name.id not in CATCHABLE:
+            return f"'except {name.id}' is not allowed: name built-in subclasses of Exception only (e.g. except Exception)"
+    return None
 
 
-def audit(source: str, selector: str) -> ast.FunctionDef:
+def _is_literal(node: ast.AST) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        node = node.operand
+    if isinstance(node, ast.Tuple):
+        return all(_is_literal(e) for e in node.elts)
+    return isinstance(node, ast.Constant)
+
+
+def _template_reaches(template: str) -> bool:
+    """True when a format template has a field like ``{x.attr}`` or ``{x[0]}`` (linear time)."""
+    try:
+        fields = [field for _, field, spec, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError:
+        return True  # a template that does not parse is refused rather than guessed at
+    return any("." in field or "[" in field for field in fields)
+
+
+def audit(source: str, selector: str, max_bytes: int = MAX_SOURCE_BYTES) -> ast.FunctionDef:
     """Check shape, safety and covenant (in that order); return the function's ast."""
-    function = the_function(source, selector)
+    function = the_function(source, selector, max_bytes)
     check_safety(function)
     check_covenant(function)
     return function

@@ -1,0 +1,258 @@
+"""A sandbox worker: the only process in which code stored in the image ever runs.
+
+Started by :mod:`batos.sandbox.pool` as ``python -I -m batos.sandbox.child LIMITS`` in an empty
+folder with an empty environment. It imports what it needs, confines itself
+(:mod:`batos.sandbox.confine`), says hello with what it applied, then serves calls, one at a time.
+
+A method sees :class:`ObjectProxy` capabilities, never objects: reading a name asks the UVM
+(the receiver's own data slots come along with the call), a stored method found that way is
+compiled here and run on the proxy, a trait primitive (``clone``, ``describe``, ``oid``,
+``slot_names``) is run by the UVM. Writes are collected, containers read from slots are compared
+with what was read, and the changes go to the UVM with the next request or the end of the call;
+the UVM decides what may be written. Nothing survives from one call to the next except compiled
+code, keyed by the digest of its source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Any, Callable
+
+from batos.sandbox import channel as wire
+from batos.sandbox.channel import Channel, Ref
+from batos.sandbox.confine import confine
+from batos.sandbox.restricted import compile_method
+
+METHOD_FILE_PREFIX = "<batos-method "
+MAX_COMPILED = 512
+DELETED = object()
+
+
+class NotUnderstood(AttributeError):
+    """No object in the receiver's delegation chain has a slot of that name."""
+
+
+class Refused(Exception):
+    """The UVM refused a request of this call (a protected slot, a value over a limit...)."""
+
+
+class ObjectProxy(Ref):
+    """A capability: one object of the current call, by handle (see the module docstring)."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, handle: int, call: Call):
+        super().__init__(handle)
+        object.__setattr__(self, "_call", call)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._call.read(self._handle, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            raise AttributeError(f"slot names may not begin with '_' ({name!r})")
+        self._call.write(self._handle, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        self._call.write(self._handle, name, DELETED)
+
+    def __repr__(self) -> str:
+        return f"<object #{self._handle}>"
+
+
+class Call:
+    """One call's view of the image: cached slots, pending writes, compiled methods."""
+
+    def __init__(self, worker: Worker, receiver_slots: dict[str, Any]):
+        self.worker = worker
+        self.proxies: dict[int, ObjectProxy] = {}
+        self.slots: dict[tuple[int, str], Any] = {}
+        self.originals: dict[tuple[int, str], bytes] = {}
+        self.pending: dict[tuple[int, str], Any] = {}
+        self.callables: dict[tuple[int, str], Callable] = {}
+        for name, value in receiver_slots.items():
+            self._remember(0, name, self.local(value))
+
+    # values ---------------------------------------------------------------------------------------
+
+    def proxy(self, handle: int) -> ObjectProxy:
+        if handle not in self.proxies:
+            self.proxies[handle] = ObjectProxy(handle, self)
+        return self.proxies[handle]
+
+    def local(self, value: Any) -> Any:
+        """A value from the UVM with every Ref made a proxy."""
+        if isinstance(value, Ref):
+            return self.proxy(value._handle)
+        if isinstance(value, list):
+            return [self.local(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.local(v) for k, v in value.items()}
+        return value
+
+    def _remember(self, handle: int, name: str, value: Any) -> None:
+        self.slots[(handle, name)] = value
+        if isinstance(value, (list, dict)):
+            self.originals[(handle, name)] = wire.pack(value)
+
+    # slots -----------------------------------------------------------------------------------------
+
+    def read(self, handle: int, name: str) -> Any:
+        key = (handle, name)
+        if key in self.pending and self.pending[key] is not DELETED:
+            return self.pending[key]
+        if key in self.slots and key not in self.pending:
+            return self.slots[key]
+        if key in self.callables:
+            return self.callables[key]
+        found = self.request({"t": "lookup", "h": handle, "name": name})
+        kind = found["k"]
+        if kind == "data":
+            self._remember(handle, name, self.local(found["v"]))
+            return self.slots[key]
+        if kind == "missing":
+            raise NotUnderstood(f"object #{handle} does not understand {name!r}")
+        if kind == "service":
+            raise TypeError(f"{name!r} is a service of the runtime; send it as a message, it cannot run inside a method")
+        if kind == "method":
+            function = self.worker.function(found["selector"], found["digest"], found.get("source"))
+            receiver = self.proxy(handle)
+            bound = lambda *args, **kwargs: function(receiver, *args, **kwargs)  # noqa: E731
+        else:
+            bound = lambda *args, **kwargs: self.primitive(handle, name, args, kwargs)  # noqa: E731
+        self.callables[key] = bound
+        return bound
+
+    def write(self, handle: int, name: str, value: Any) -> None:
+        self.pending[(handle, name)] = value
+        self.callables.pop((handle, name), None)
+
+    def primitive(self, handle: int, name: str, args: tuple, kwargs: dict) -> Any:
+        return self.local(self.request({"t": "prim", "h": handle, "name": name, "args": list(args), "kwargs": kwargs}))
+
+    def changes(self) -> list[list]:
+        """Pending writes plus containers changed in place, as ``[handle, name, value, deleted]``."""
+        for key, original in self.originals.items():
+            if key not in self.pending and wire.pack(self.slots[key]) != original:
+                self.pending[key] = self.slots[key]
+        writes = []
+        for (handle, name), value in self.pending.items():
+            writes.append([handle, name, None, True] if value is DELETED else [handle, name, value, False])
+            if value is DELETED:
+                self.slots.pop((handle, name), None)
+                self.originals.pop((handle, name), None)
+            else:
+                self._remember(handle, name, value)
+        self.pending.clear()
+        return writes
+
+    def request(self, message: dict) -> Any:
+        message["writes"] = self.changes()
+        self.worker.channel.send(message)
+        reply = self.worker.channel.receive()
+        if not reply.get("ok"):
+            raise Refused(reply.get("error", "refused"))
+        return reply.get("v")
+
+
+class Worker:
+    """The serving loop and the compiled-code cache."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+        self.compiled: dict[str, Callable] = {}
+
+    def function(self, selector: str, digest: str, source: str | None) -> Callable:
+        if digest not in self.compiled:
+            if source is None:
+                self.channel.send({"t": "need_source", "digest": digest})
+                source = self.channel.receive()["source"]
+            if len(self.compiled) >= MAX_COMPILED:
+                self.compiled.clear()
+            self.compiled[digest] = compile_method(selector, source, f"{METHOD_FILE_PREFIX}{selector}>", (ObjectProxy,))
+        return self.compiled[digest]
+
+    def serve(self) -> None:
+        while True:
+            job = self.channel.receive()
+            if job.get("t") == "stop":
+                return
+            self.channel.send_bytes(self.run(job))
+
+    def run(self, job: dict) -> bytes:
+        """The final frame of one call, packed."""
+        call = Call(self, job.get("slots") or {})
+        try:
+            function = self.function(job["selector"], job["digest"], job.get("source"))
+            result = function(call.proxy(0), *call.local(job.get("args") or []), **call.local(job.get("kwargs") or {}))
+            writes = call.changes()
+            try:
+                return wire.pack({"t": "done", "ok": True, "v": result, "writes": writes})
+            except TypeError:
+                return wire.pack({"t": "done", "ok": True, "v": described(result), "writes": writes})
+        except Refused as exc:
+            return wire.pack({"t": "done", "ok": False, "refused": str(exc)})
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: reported, never obeyed
+            try:
+                return wire.pack(failure(exc))
+            except BaseException:
+                return wire.pack({"t": "done", "ok": False, "error": "the method failed in a way that cannot be reported"})
+
+
+def described(value: Any, depth: int = 0) -> Any:
+    """A result made of plain data, with what plain data cannot hold written ``{"$repr": ...}``."""
+    if depth > 32:
+        return {"$repr": "..."}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [described(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): described(v, depth + 1) for k, v in value.items()}
+    try:
+        wire.pack(value)
+        return value
+    except (TypeError, ValueError):
+        return {"$repr": repr(value)[:200]}
+
+
+def failure(exc: BaseException) -> dict:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__, limit=64) if f.filename.startswith(METHOD_FILE_PREFIX)]
+    where = f" (line {frames[-1].lineno} of {frames[-1].name})" if frames else ""
+    return {"t": "done", "ok": False, "error": f"{type(exc).__name__}: {str(exc)[:2000]}{where}"}
+
+
+def warm_up() -> None:
+    """Load, while files can still be opened, everything a call may need later."""
+    call = Call(Worker(Channel(-1, -1, 0)), {})
+    function = compile_method("f", "def f(self, x=1):\n    print('')\n    return [f'{x}', sorted({'a': 1}), 1 / 0]\n",
+                              f"{METHOD_FILE_PREFIX}f>", (ObjectProxy,))
+    try:
+        function(call.proxy(0))
+    except ZeroDivisionError as exc:
+        wire.pack(failure(exc))
+    wire.pack(described([{1, 2}, range(2), 10**30]))
+    "é".encode("utf-8").decode("latin-1").encode("ascii", "replace")
+
+
+def main() -> None:
+    limits = json.loads(sys.argv[1])
+    # The channel moves off fds 0 and 1 so that nothing printed by accident can corrupt it.
+    read_fd, write_fd = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    channel = Channel(read_fd, write_fd, limits["max_frame"])
+    warm_up()
+    applied, missing = confine(limits["memory_bytes"], limits["cpu_seconds"], limits["open_files"])
+    channel.send({"t": "hello", "pid": os.getpid(), "applied": applied, "missing": missing})
+    Worker(channel).serve()
+
+
+if __name__ == "__main__":
+    main()

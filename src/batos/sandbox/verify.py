@@ -1,0 +1,84 @@
+"""Verifying a candidate method against examples before it is installed.
+
+Each example runs in a sandbox worker, exactly as a stored method would, on a stand-in receiver
+that holds a copy of the target's slots (plus the example's own) and inherits stand-in trait
+primitives; nothing the candidate does reaches the image. Verification is a quality check, not a
+boundary: a candidate can tell the stand-in from the real receiver. The boundary is the worker.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from batos.errors import BatosError
+from batos.image.genesis import TRAIT_PRIMITIVES
+from batos.image.objects import Method, UvmObject
+from batos.image.values import to_plain
+from batos.sandbox.host import MethodTimeout, run_method
+from batos.sandbox.pool import SandboxPool
+from batos.sandbox.restricted import check_compiles
+
+SECONDS_PER_EXAMPLE = 10.0
+
+_default_pool: SandboxPool | None = None
+_default_lock = threading.Lock()
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    message: str
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+def default_pool() -> SandboxPool:
+    """A small pool of this process's own, for verification outside a UVM (tests, benchmarks)."""
+    global _default_pool
+    with _default_lock:
+        if _default_pool is None:
+            _default_pool = SandboxPool(2)
+        return _default_pool
+
+
+def stand_in(slots: dict[str, Any], oid: str | None) -> UvmObject:
+    traits = UvmObject(**{selector: Method(selector, origin="primitive", primitive=name)
+                          for selector, name in TRAIT_PRIMITIVES.items()})
+    receiver = UvmObject(parents=[traits], **slots)
+    if oid:
+        receiver._p_oid = int(oid, 16).to_bytes(8, "big")
+    return receiver
+
+
+def verify(source: str, selector: str, slots: dict[str, Any], examples: list[dict[str, Any]],
+           seconds: float = SECONDS_PER_EXAMPLE, oid: str | None = None, pool: SandboxPool | None = None) -> Verdict:
+    """Run ``examples`` against the candidate; the verdict says what failed first.
+
+    An example is ``{"slots": {...}, "args": [...], "kwargs": {...}, "result": ..., "after": {...}}``;
+    every key is optional. Without ``result`` only "runs without raising" is checked.
+    """
+    try:
+        check_compiles(source, f"<candidate {selector}>")
+    except SyntaxError as exc:
+        return Verdict(False, f"RestrictedPython refused the candidate: {exc}")
+    pool = pool or default_pool()
+    results: list[dict[str, Any]] = []
+    for number, example in enumerate(examples or [{}], start=1):
+        receiver = stand_in({**slots, **(example.get("slots") or {})}, oid)
+        try:
+            result = run_method(pool, selector, source, receiver, list(example.get("args") or []),
+                                dict(example.get("kwargs") or {}), seconds)
+        except MethodTimeout:
+            return Verdict(False, f"example {number}: ran past {seconds:g} s of wall-clock time (an endless loop?)", results)
+        except BatosError as exc:
+            return Verdict(False, f"example {number}: {exc}", results)
+        got = to_plain(result)
+        results.append({"example": number, "result": got})
+        if "result" in example and got != example["result"]:
+            return Verdict(False, f"example {number}: returned {got!r}, expected {example['result']!r}", results)
+        for slot, expected in (example.get("after") or {}).items():
+            actual = to_plain(receiver._slots.get(slot))
+            if actual != expected:
+                return Verdict(False, f"example {number}: afterwards slot {slot!r} is {actual!r}, expected {expected!r}", results)
+    return Verdict(True, f"{len(results)} example(s) passed", results)
