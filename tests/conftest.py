@@ -22,7 +22,7 @@ import zmq
 from batos.client import BridgeTimeout, Client
 from batos.image import open_image
 
-BATOS = [sys.executable, "-m", "batos"]
+BATOS = [sys.executable, "-P", "-m", "batos"]  # -P: like the installed `batos`, never import from the cwd
 
 
 def free_port() -> int:
@@ -34,7 +34,9 @@ def free_port() -> int:
 class Server:
     """A `batos run` subprocess on its own image and port."""
 
-    def __init__(self, image: Path, endpoint: str | None = None, extra_args: tuple[str, ...] = (), env: dict | None = None):
+    def __init__(self, image: Path, endpoint: str | None = None, extra_args: tuple[str, ...] = (), env: dict | None = None,
+                 cwd: Path | None = None):
+        self.cwd = cwd
         self.image = image
         self.endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
         self.log_file = image.parent / "logs" / "batos.jsonl"
@@ -47,7 +49,7 @@ class Server:
         self.process = subprocess.Popen(
             [*BATOS, "run", "--image", str(self.image), "--endpoint", self.endpoint,
              "--log-file", str(self.log_file), *self.extra_args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env, cwd=self.cwd,
         )
         if wait:
             self.wait_ready()

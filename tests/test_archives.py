@@ -114,3 +114,21 @@ def test_good_archives_extract(tmp_path):
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("a/b.txt", "zip")
     assert (safe_extract(z, tmp_path / "z") / "a" / "b.txt").read_text() == "zip"
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_a_small_archive_may_not_unpack_to_a_hundred_times_its_size(tmp_path, kind):
+    zeros = b"\0" * (100 * 1024 * 1024)
+    bomb = tmp_path / f"bomb.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr("zeros.bin", zeros)
+    else:
+        with tarfile.open(bomb, "w:gz") as t:
+            info = tarfile.TarInfo("zeros.bin")
+            info.size = len(zeros)
+            t.addfile(info, io.BytesIO(zeros))
+    assert bomb.stat().st_size < 1024 * 1024
+    with pytest.raises(UnsafeArchiveError, match="bytes"):
+        safe_extract(bomb, tmp_path / "out")  # default limits
+    assert not (tmp_path / "out").exists()

@@ -3,9 +3,11 @@
 Every archive BatOS unpacks goes through :func:`safe_extract`. A tar is extracted with the
 ``data`` filter (PEP 706), which refuses absolute paths, ``..``, links that leave the target,
 device files and special permissions; a zip member that is absolute, climbs out with ``..``, or is
-a symbolic link is refused. The member count and the total unpacked size are capped before
-anything is written. A refused archive writes nothing: it is checked whole first, then extracted
-into a fresh folder that is removed again if extraction fails.
+a symbolic link is refused. The member count and the total unpacked size are capped: the total at
+``max_bytes`` (``BATOS_MAX_ARCHIVE_BYTES``) and at ``MAX_RATIO`` times the archive's own size (so a
+small archive cannot unpack to gigabytes), checked against the sizes the archive declares before
+anything is written and again against the bytes actually written while extracting. A refused
+archive leaves nothing: it is extracted into a fresh folder that is removed if anything fails.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 MAX_MEMBERS = 10_000
-MAX_TOTAL_BYTES = 64 * 1024**3
+MAX_TOTAL_BYTES = 16 * 1024**3
+MAX_RATIO = 100  # unpacked bytes per archive byte; model weights compress far less than this
+RATIO_FLOOR_BYTES = 64 * 1024**2  # small archives may always unpack to this much
+
+
+def size_limit(archive_path: Path, max_bytes: int | None) -> int:
+    """The most ``archive_path`` may unpack to (see the module docstring)."""
+    if max_bytes is None:
+        max_bytes = int(os.environ.get("BATOS_MAX_ARCHIVE_BYTES", MAX_TOTAL_BYTES))
+    return min(max_bytes, max(RATIO_FLOOR_BYTES, MAX_RATIO * archive_path.stat().st_size))
 
 
 class UnsafeArchiveError(ValueError):
@@ -81,13 +92,23 @@ def _extract_zip(archive: zipfile.ZipFile, destination: Path, max_bytes: int) ->
                 sink.write(chunk)
 
 
+def _extract_tar(archive: tarfile.TarFile, destination: Path, max_bytes: int) -> None:
+    written = 0
+    for member in archive:
+        written += member.size if member.isfile() else 0
+        if written > max_bytes:
+            raise UnsafeArchiveError(f"the archive unpacks to more than {max_bytes} bytes")
+        archive.extract(member, destination, filter="data")
+
+
 def safe_extract(archive_path: str | os.PathLike, destination: str | os.PathLike,
-                 max_members: int = MAX_MEMBERS, max_bytes: int = MAX_TOTAL_BYTES) -> Path:
+                 max_members: int = MAX_MEMBERS, max_bytes: int | None = None) -> Path:
     """Extract a tar (any compression) or zip into ``destination``, which must not exist yet."""
     destination = Path(destination)
     if destination.exists():
         raise FileExistsError(f"{destination} already exists")
     archive_path = Path(archive_path)
+    max_bytes = size_limit(archive_path, max_bytes)
     try:
         if zipfile.is_zipfile(archive_path):
             with zipfile.ZipFile(archive_path) as archive:
@@ -103,10 +124,13 @@ def safe_extract(archive_path: str | os.PathLike, destination: str | os.PathLike
                 _check_tar(archive, max_members, max_bytes)
                 destination.mkdir(parents=True)
                 try:
-                    archive.extractall(destination, filter="data")
+                    _extract_tar(archive, destination, max_bytes)
                 except (tarfile.FilterError, OSError) as exc:
                     shutil.rmtree(destination, ignore_errors=True)
                     raise UnsafeArchiveError(f"refused while extracting: {exc}") from None
+                except BaseException:
+                    shutil.rmtree(destination, ignore_errors=True)
+                    raise
         else:
             raise UnsafeArchiveError(f"{archive_path.name} is neither a tar nor a zip archive")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:

@@ -26,6 +26,7 @@ from ZODB.serialize import get_refs
 from ZODB.utils import get_pickle_metadata, load_current, z64
 
 from batos.image.genesis import PLAIN_ROOT_OBJECTS, SCHEMA_KEY, SCHEMA_VERSION
+from batos.image.kernel_checks import blob_file_problem, check_kernel
 from batos.image.storage import ImageError, lock_holder_pid, normalize_uri, open_database, pid_is_alive
 
 EXPECTED_ROOT = ("traits_obj", "genesis_obj", "active_cycles", *PLAIN_ROOT_OBJECTS)
@@ -38,6 +39,7 @@ class DoctorReport:
     notes: list[str] = field(default_factory=list)
     objects: int = 0
     blobs: int = 0
+    uvm_objects: list[bytes] = field(default_factory=list)  # oids, for the kernel checks
 
     @property
     def clean(self) -> bool:
@@ -127,6 +129,8 @@ def _check_references(storage, report: DoctorReport) -> None:
         except Exception as exc:
             report.problems.append(f"object {label}: its record cannot be read ({type(exc).__name__}: {exc})")
             continue
+        if (module, name) == ("batos.image.objects", "UvmObject"):
+            report.uvm_objects.append(oid)
         if (module, name) not in importable:
             importable[(module, name)] = _importable(module, name)
         if not importable[(module, name)]:
@@ -134,9 +138,11 @@ def _check_references(storage, report: DoctorReport) -> None:
         if is_blob_record(data):
             report.blobs += 1
             try:
-                storage.loadBlob(oid, serial)
+                problem = blob_file_problem(storage.loadBlob(oid, serial))
             except (POSKeyError, AttributeError):
-                report.problems.append(f"blob {label} has no file in the blob folder")
+                problem = "it has no file in the blob folder"
+            if problem:
+                report.problems.append(f"blob {label}: {problem}")
         for ref in references:
             if ref not in seen:
                 seen.add(ref)
@@ -167,6 +173,8 @@ def _check_schema(storage, report: DoctorReport) -> None:
         missing = [name for name in EXPECTED_ROOT if name not in root]
         if version is not None and missing:
             report.problems.append(f"root objects missing: {', '.join(missing)}")
+        elif version is not None:
+            report.problems += check_kernel(root, (conn.get(oid) for oid in report.uvm_objects))
         conn.close()
     finally:
         db.close()

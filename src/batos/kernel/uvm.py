@@ -130,7 +130,7 @@ class UVM:
             if self.settings.llm != "none":
                 self.cycles = CycleRunner(self.image.db, self._generate_for_cycle, CyclePolicy(
                     max_iterations=self.settings.max_iterations, approval=self.settings.approval,
-                    max_source_bytes=self.settings.max_source_bytes),
+                    max_source_bytes=self.settings.max_source_bytes, verify_seconds=self.settings.method_budget),
                     model_name=lambda: self.core.stats().get("model", self.settings.llm), sandbox=self.sandbox)
                 self.dispatcher.synthesize_missing = True
             self.uploads.clean_stale()

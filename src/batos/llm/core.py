@@ -222,7 +222,7 @@ class CognitiveCore:
                 source = Path(source)
                 if source.is_dir():
                     folder = source
-                elif source.suffix == ".gguf" or source.read_bytes()[:4] == b"GGUF":
+                elif source.suffix == ".gguf" or _magic(source) == b"GGUF":
                     gguf = work / "model.gguf"
                     shutil.copyfile(source, gguf)
                     folder = convert_gguf(gguf, work / "converted", self.settings.model_dtype, self._report)
@@ -329,3 +329,8 @@ class CognitiveCore:
             figures["backend"] = self.kind
         return figures
 
+
+def _magic(path: Path) -> bytes:
+    """The first four bytes of a file (an upload is never read whole into memory)."""
+    with open(path, "rb") as f:
+        return f.read(4)

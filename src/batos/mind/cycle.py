@@ -63,6 +63,7 @@ class CyclePolicy:
     approval: str = "auto"  # or "manual"
     persona: str = "BRICK"
     max_source_bytes: int = guardian.MAX_SOURCE_BYTES
+    verify_seconds: float = 10.0  # each example's time budget in the sandbox
 
 
 def is_facet(selector: str) -> bool:
@@ -99,7 +100,7 @@ def summary(cycle: UvmObject, detail: bool = False) -> dict[str, Any]:
     """A cycle as plain data (with every attempt when ``detail``)."""
     slots = cycle._slots
     data = {
-        "id": slots["cycle_id"], "state": state_of(cycle), "target": oid_text(slots["target"]),
+        "id": slots["cycle_id"], "oid": oid_text(cycle), "state": state_of(cycle), "target": oid_text(slots["target"]),
         "selector": slots["selector"], "iteration": slots["iteration"], "reason": slots.get("reason"),
         "created": slots["created"], "updated": slots["updated"], "installed_version": slots.get("installed_version"),
         "transitions": [dict(t) for t in slots["transitions"]],
@@ -261,7 +262,8 @@ class CycleRunner:
         if is_facet(selector):
             return candidate, None  # written by BatOS, not the model; its call runs outside the process
         examples = brief["examples"] or [{"args": brief["args"], "kwargs": brief["kwargs"]}]
-        result = verify(candidate, selector, brief["slots"], examples, oid=brief["oid"], pool=self.sandbox)
+        result = verify(candidate, selector, brief["slots"], examples, seconds=self.policy.verify_seconds,
+                        oid=brief["oid"], pool=self.sandbox)
         return candidate, None if result.ok else f"verification: {result.message}"
 
     def _revise_or_fail(self, cycle_id: str) -> None:

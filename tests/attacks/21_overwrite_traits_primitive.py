@@ -1,0 +1,5 @@
+# finding: 7 (a method replaces a primitive with data)
+# expect: protected
+def attack(self):
+    self.traits.clone = 'gone'
+    return 1

@@ -1,0 +1,6 @@
+# finding: 8 (creating objects without end)
+# expect: timeout
+def attack(self):
+    made = []
+    while True:
+        made.append(self.clone())
