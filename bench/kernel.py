@@ -7,6 +7,11 @@
 
 Clients are separate processes with blocking DEALER sockets; every figure is the median of
 --repeats runs. Prints messages/s and the ratios read/bare and write/floor for 1 and 8 clients.
+
+Then the cost of the sandbox: one client sending a trivial stored method (``return 1``) and one
+that reads and writes three slots, to `batos run` as it is (methods in sandbox worker processes)
+and to `batos run` of --baseline-ref (the last commit that ran methods in-process, extracted from
+git into a temporary folder), in the same run.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import multiprocessing as mp
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +36,11 @@ from conftest import Server, free_port  # noqa: E402
 
 PEEK = "def peek(self):\n    return self.name\n"
 BUMP = "def bump(self):\n    self.count = self.count + 1\n    self._p_changed = True\n    return self.count\n"
+TRIVIAL = "def one(self):\n    return 1\n"
+THREE = ("def three(self):\n    self.a = self.a + 1\n    self.b = self.b + self.a\n    self.c = [self.a, self.b]\n"
+         "    self._p_changed = True\n    return self.b\n")
+IN_PROCESS_REF = "8392cb5"  # the last commit whose UVM ran stored methods in its own process
+REPO = Path(__file__).resolve().parent.parent
 
 
 # --- the floor server ------------------------------------------------------------------------
@@ -144,6 +155,34 @@ def run_batos(writing: bool, clients: int, count: int, repeats: int, workdir: Pa
     return statistics.median(results)
 
 
+def baseline_source(ref: str, workdir: Path) -> Path:
+    """The ``src`` folder of commit ``ref``, extracted from git."""
+    target = workdir / f"src-{ref}"
+    target.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target / "src"
+
+
+def run_methods(source_root: Path | None, count: int, repeats: int, workdir: Path, label: str) -> tuple[float, float]:
+    """(trivial sends/s, three-slot sends/s), one client, medians; ``source_root`` None: this tree."""
+    env = {"PYTHONPATH": str(source_root)} if source_root else None
+    trivial, three = [], []
+    for r in range(repeats):
+        srv = Server(workdir / f"methods-{label}-{r}.fs", env=env).start()
+        with srv.client() as c:
+            c.define("genesis_obj", TRIVIAL)
+            c.define("genesis_obj", THREE)
+            target = c.send("genesis_obj", "clone")["$oid"]
+            for slot in "abc":
+                c.set(target, slot, 0)
+        time.sleep(1.0)  # let the sandbox pool finish starting
+        trivial.append(throughput(srv.endpoint, [{"op": "send", "target": target, "selector": "one"}], count))
+        three.append(throughput(srv.endpoint, [{"op": "send", "target": target, "selector": "three"}], count))
+        srv.stop()
+    return statistics.median(trivial), statistics.median(three)
+
+
 def thread_hop_microseconds(rounds: int = 3000) -> tuple[float, float]:
     """The cost of leaving the event loop for a thread and coming back, one request at a time:
     (stdlib executor with a no-op, WorkerPool with a no-op read job), microseconds per round trip."""
@@ -180,9 +219,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1500, help="messages per client per run")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--baseline-ref", default=IN_PROCESS_REF, help="git commit of the in-process baseline")
+    parser.add_argument("--only-methods", action="store_true", help="measure only the sandbox rows")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="batos-bench-"))
     try:
+        baseline = run_methods(baseline_source(args.baseline_ref, workdir), args.count, args.repeats, workdir, "in-process")
+        sandboxed = run_methods(None, args.count, args.repeats, workdir, "sandbox")
+        print(f"method sends, 1 client, medians of {args.repeats}, messages/s:")
+        print(f"{'method':>22} {'in-process':>11} {'sandbox':>8} {'sandbox/in-process':>19}")
+        for name, before, now in zip(("trivial (return 1)", "reads+writes 3 slots"), baseline, sandboxed):
+            print(f"{name:>22} {before:>11.0f} {now:>8.0f} {now / before:>19.2f}")
+        if args.only_methods:
+            return
         rows = []
         for clients in (1, 8):
             count = args.count if clients == 1 else max(1, args.count // 4)

@@ -30,7 +30,7 @@ def payload(path: Path, secret: Path, plant: Path) -> tuple[str, set[str]]:
     text = path.read_text()
     expect = next(line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("# expect:"))
     source = (text.replace("@SECRET@", str(secret)).replace("@PLANT@", str(plant))
-              .replace("@LONG_BRACES@", "{" * 60_000))
+              .replace("@LONG_TEMPLATE@", "{" + "." * 60_000))
     return source, set(expect)
 
 

@@ -178,3 +178,10 @@ def test_uri_normalization():
     assert normalize_uri("file:///a/b.fs").blob_dir == "/a/b.fs.blob"
     assert normalize_uri("file:///a/b.fs?blobstorage_dir=/c").blob_dir == "/c"
     assert normalize_uri("memory://").file_path is None
+
+
+def test_a_damaged_parent_slot_does_not_break_lookup():
+    obj = UvmObject(own=1)
+    obj._slots["parent*"] = 7  # what an attack left in an image before parent* was checked
+    assert obj.own == 1
+    assert list(delegation_chain(obj)) == [obj]

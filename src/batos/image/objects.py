@@ -104,6 +104,8 @@ def parents_of(obj: UvmObject) -> list[UvmObject]:
     parents = obj._slots.get(PARENT_SLOT, ())
     if isinstance(parents, UvmObject):
         return [parents]
+    if not isinstance(parents, (list, tuple, PersistentList)):
+        return []  # a damaged parent* (the doctor reports it) must not break every lookup
     return [p for p in parents if isinstance(p, UvmObject)]
 
 

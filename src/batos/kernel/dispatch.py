@@ -235,7 +235,7 @@ class Dispatcher:
         elif args or kwargs:
             raise ProtocolError(Code.BAD_REQUEST, f"slot {selector!r} holds data, not a method; it takes no arguments")
         else:
-            result = value
+            return _plain_reply(to_plain, value)  # stored data: nothing new to adopt
         _adopt_new_objects(root, result)
         return _plain_reply(to_plain, result)
 

@@ -196,7 +196,7 @@ class CycleRunner:
         except BackendError as exc:
             return self._fail(cycle_id, f"the language model failed: {exc}")
         seconds = time.perf_counter() - started
-        candidate = extract_function(answer[:MAX_STORED_TEXT * 4], brief["selector"])
+        candidate = extract_function(answer, brief["selector"])
         verdict = None if candidate else f"no function named {brief['selector']!r} in the answer"
         if candidate and len(candidate.encode()) > self.policy.max_source_bytes:
             candidate, verdict = None, f"the function is over {self.policy.max_source_bytes} bytes; write a shorter one"

@@ -74,7 +74,7 @@ def start_worker(limits: SandboxLimits) -> SandboxProcess:
     process = subprocess.Popen(
         [sys.executable, "-I", "-m", "batos.sandbox.child", child_limits],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        cwd=folder, env={}, close_fds=True,
+        cwd=folder, env={}, close_fds=True, start_new_session=True,  # a terminal's Ctrl-C is the UVM's to handle
     )
     channel = Channel(os.dup(process.stdout.fileno()), os.dup(process.stdin.fileno()), limits.max_frame)
     process.stdout.close()

@@ -1,0 +1,188 @@
+"""Kernel objects and limits that need a cycle or an upload: through a real UVM with a scripted
+(test-only) OpenAI-compatible model, and through the doctor on an image the test damages."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+
+import pytest
+
+from batos.client import RemoteError
+from batos.image.blobs import adapter_record
+
+from conftest import opened_root, run_cli
+from test_generative_kernel import ADD, EXAMPLE, ScriptedModel, make_counter, model_server, uvm  # noqa: F401
+
+
+def test_a_cycle_awaiting_approval_cannot_be_edited_and_approval_names_what_was_shown(image_path, model_server):
+    make_counter(image_path)
+    srv = uvm(image_path, model_server, BATOS_APPROVAL="manual").start()
+    e = ("--endpoint", srv.endpoint)
+    try:
+        with srv.client(timeout=60) as c:
+            cycle = c.send("counter_obj", "add_to_total", 5, examples=[EXAMPLE], wait=False)["cycle"]
+            with pytest.raises(RemoteError):
+                c.send("counter_obj", "add_to_total", 5)  # waits for the cycle: awaiting approval
+            shown = c.call("cycle_show", cycle=cycle)
+            assert shown["state"] == "AWAITING_APPROVAL" and shown["approved_source"] == ADD
+            before = c.stats()["last_transaction"]
+            for slot, value in (("approved_source", "def add_to_total(self, n):\n    return 0\n"),
+                                ("target", {"$oid": c.describe("genesis_obj")["oid"]}),
+                                ("synthesis_state*", 5)):
+                with pytest.raises(RemoteError) as caught:
+                    c.set(shown["oid"], slot, value)
+                assert caught.value.code == "protected"
+            with pytest.raises(RemoteError) as caught:
+                c.define(shown["oid"], "def approved_source(self):\n    return 1\n")
+            assert caught.value.code == "protected"
+            assert c.stats()["last_transaction"] == before
+            with pytest.raises(RemoteError) as caught:
+                c.call("cycle_decide", cycle=cycle, approve=True, digest="0" * 64)
+            assert caught.value.code == "conflict"
+        approved = run_cli("cycles", "approve", cycle, *e)
+        assert json.loads(approved.stdout)["state"] == "COMPLETE" and shown["approved_digest"] in approved.stderr
+        with srv.client() as c:
+            assert c.send("counter_obj", "add_to_total", 1) == 11
+    finally:
+        srv.stop()
+    report = json.loads(run_cli("doctor", "--image", str(image_path), "--json").stdout)
+    assert report["problems"] == []
+
+
+def test_cycle_starts_are_limited_per_client(image_path, model_server):
+    ScriptedModel.delay = 0.2
+    make_counter(image_path)
+    srv = uvm(image_path, model_server, BATOS_MAX_CYCLES_PER_MINUTE="3").start()
+    try:
+        with srv.client() as c:
+            started = [c.send("counter_obj", f"missing_{i}", wait=False)["cycle"] for i in range(3)]
+            assert len(set(started)) == 3
+            assert c.send("counter_obj", "missing_0", wait=False)["cycle"] == started[0]  # joining starts nothing
+            with pytest.raises(RemoteError) as caught:
+                c.send("counter_obj", "missing_3", wait=False)
+            assert caught.value.code == "rate_limited" and "minute" in caught.value.message
+        with srv.client() as other:  # another client has its own allowance
+            assert other.send("counter_obj", "missing_4", wait=False)["cycle"]
+    finally:
+        srv.stop()
+
+
+def test_a_huge_model_answer_is_stored_once_and_bounded(image_path, model_server):
+    filler = "# " + "x" * 1000 + "\n"
+    ScriptedModel.answers = [ADD + filler * 2000]  # ~2 MB, every attempt
+    make_counter(image_path)
+    size_before = os.path.getsize(image_path)
+    srv = uvm(image_path, model_server).start()
+    try:
+        with srv.client(timeout=60) as c:
+            assert c.send("counter_obj", "add_to_total", 5, examples=[EXAMPLE]) == 15
+    finally:
+        srv.stop()
+    assert os.path.getsize(image_path) - size_before < 512 * 1024
+
+
+def test_a_small_archive_that_unpacks_huge_is_refused_and_leaves_nothing(image_path):
+    from conftest import Server
+
+    bomb = image_path.parent / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("adapter/adapter_config.json", json.dumps({"peft_type": "LORA"}))
+        z.writestr("adapter/adapter_model.safetensors", b"\0" * (150 * 1024 * 1024))
+    assert bomb.stat().st_size < 1024 * 1024
+    srv = Server(image_path).start()
+    try:
+        with srv.client(timeout=60) as c:
+            before = c.stats()["last_transaction"]
+            upload = c.upload(bomb)
+            with pytest.raises(RemoteError) as caught:
+                c.call("expert_import", upload_id=upload)
+            assert caught.value.code == "import_failed" and "bytes" in caught.value.message
+            assert c.stats()["last_transaction"] == before
+    finally:
+        srv.stop()
+    scratch = image_path.parent / f"{image_path.name}.scratch"
+    assert not scratch.exists() or list(scratch.iterdir()) == []
+
+
+# --- the doctor finds what attacks planted ---------------------------------------------------------
+
+def adapter_image(image_path, tmp_path):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (folder / "adapter_model.safetensors").write_bytes(b"w" * 4096)
+    with opened_root(image_path) as root:
+        root["pLLM_obj"]._slots["lora_repository"]["expert"] = adapter_record(folder, "expert")
+    with opened_root(image_path) as root:
+        return root["pLLM_obj"]._slots["lora_repository"]["expert"]._slots["model_blob"].committed()
+
+
+def doctor_problems(image_path) -> list[str]:
+    done = run_cli("doctor", "--image", str(image_path), "--json")
+    return json.loads(done.stdout)["problems"]
+
+
+def test_doctor_finds_a_blob_file_replaced_by_a_link(image_path, tmp_path):
+    blob_file = adapter_image(image_path, tmp_path)
+    assert doctor_problems(image_path) == []
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"w" * 4096)
+    os.chmod(blob_file, 0o644)
+    os.remove(blob_file)
+    os.symlink(elsewhere, blob_file)
+    assert any("not a regular file" in p for p in doctor_problems(image_path))
+
+
+def test_doctor_finds_blob_bytes_that_no_longer_match(image_path, tmp_path):
+    blob_file = adapter_image(image_path, tmp_path)
+    os.chmod(blob_file, 0o644)
+    with open(blob_file, "r+b") as f:
+        f.write(b"evil")
+    assert any("differ from the digest" in p for p in doctor_problems(image_path))
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda root: root["genesis_obj"]._slots.__setitem__("parent*", 7), "not a list of objects"),
+    (lambda root: root["traits_obj"]._slots.__delitem__("describe"), "missing its primitive 'describe'"),
+    (lambda root: root["pLLM_obj"]._slots.__setitem__("model_bundles", {}), "not the kernel's table"),
+])
+def test_doctor_finds_damaged_kernel_objects(image_path, damage, expected):
+    with opened_root(image_path) as root:
+        damage(root)
+    assert any(expected in p for p in doctor_problems(image_path))
+
+
+def test_doctor_finds_a_cycle_in_a_state_that_does_not_exist(image_path):
+    from batos.image import UvmObject
+
+    with opened_root(image_path) as root:
+        root["active_cycles"]["bad"] = UvmObject(cycle_id="bad", **{"synthesis_state*": 5})
+    assert any("cycle bad is in a state that does not exist" in p for p in doctor_problems(image_path))
+
+
+def test_a_stored_value_that_shares_its_halves_cannot_pin_the_server(image_path):
+    """Finding 5: such a value, stored before the limits existed, survives restarts; showing it
+    must be refused at once, not walked 2**40 times."""
+    from conftest import Server
+
+    value: list = [1]
+    for _ in range(40):
+        value = [value, value]
+    with opened_root(image_path) as root:
+        root["genesis_obj"]._slots["dag"] = value
+    srv = Server(image_path).start()
+    try:
+        with srv.client(timeout=20) as c:
+            for call in (lambda: c.get("genesis_obj", "dag"), lambda: c.describe("genesis_obj"),
+                         lambda: c.send("genesis_obj", "dag")):
+                with pytest.raises(RemoteError) as caught:
+                    call()
+                assert caught.value.code == "too_large"
+            c.define("genesis_obj", "def peek(self):\n    return len(self.slot_names())\n")
+            assert c.send("genesis_obj", "peek") >= 1  # the snapshot leaves out what it cannot send
+            assert c.ping()["pong"]
+    finally:
+        srv.stop()
