@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from batos.client import RemoteError
-from batos.image.blobs import adapter_record
+from batos.image.blobs import adapter_record, import_folder
 
 from conftest import JsonHandler, Server, opened_root, run_cli, serve_http
 
@@ -47,9 +47,13 @@ def prepare(image_path: Path, tmp: Path) -> None:
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 1}))
     (adapter / "adapter_model.safetensors").write_bytes(b"weights" * 100)
+    model = tmp / "tiny-model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["Tiny"]}))
     with opened_root(image_path) as root:
         pllm = root["pLLM_obj"]
         pllm._slots["lora_repository"]["mallory"] = adapter_record(adapter, "mallory")
+        pllm._slots["model_bundles"]["tiny"] = import_folder(model, "tiny", "test")
         target = root["genesis_obj"].clone()
         target._slots.update(name="target", total=1, llm=pllm, traits=root["traits_obj"],
                              state=root["psm_prototypes_obj"]._slots["IDLE"])
@@ -60,9 +64,8 @@ def prepare(image_path: Path, tmp: Path) -> None:
         root["attack_target"]._slots["helper"] = Method("helper", "def helper(self):\n    return 1\n")
 
 
-@pytest.fixture(scope="module")
-def arena(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("arena")
+def make_arena(tmp: Path) -> tuple[Path, str, Path, Path]:
+    """(secret file, its contents, plant folder, prepared image)."""
     secret = tmp / "secret.txt"
     token = secrets.token_hex(16)
     secret.write_text(token)
@@ -70,6 +73,12 @@ def arena(tmp_path_factory):
     plant.mkdir()
     image_path = tmp / "image.fs"
     prepare(image_path, tmp)
+    return secret, token, plant, image_path
+
+
+@pytest.fixture(scope="module")
+def arena(tmp_path_factory):
+    secret, token, plant, image_path = make_arena(tmp_path_factory.mktemp("arena"))
     srv = drain(Server(image_path, extra_args=("--method-budget", BUDGET)).start())
     yield srv, secret, token, plant
     srv.stop()
@@ -82,7 +91,11 @@ def assert_contained(srv: Server, secret: Path, token: str, plant: Path, reply_t
     started = time.monotonic()
     with srv.client(timeout=5) as c:
         assert c.ping()["pong"]
-    assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 2.0
+        # no worker thread stays pinned (the stats request itself occupies one)
+        while c.stats()["workers"]["busy"] > 1 and time.monotonic() - started < 5:
+            time.sleep(0.1)
+        assert c.stats()["workers"]["busy"] == 1
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=[p.stem for p in ATTACKS])
@@ -247,14 +260,7 @@ class AttackingModel(JsonHandler):
 
 @pytest.fixture(scope="module")
 def synthesis_arena(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("synthesis")
-    secret = tmp / "secret.txt"
-    token = secrets.token_hex(16)
-    secret.write_text(token)
-    plant = tmp / "plant"
-    plant.mkdir()
-    image_path = tmp / "image.fs"
-    prepare(image_path, tmp)
+    secret, token, plant, image_path = make_arena(tmp_path_factory.mktemp("synthesis"))
     with serve_http(AttackingModel) as url:
         srv = drain(Server(image_path, extra_args=("--method-budget", BUDGET), env={
             "BATOS_LLM": "openai", "BATOS_OPENAI_BASE_URL": url, "BATOS_OPENAI_MODEL": "scripted",

@@ -37,7 +37,8 @@ class BundleError(ValueError):
     """A folder or adapter that cannot be imported as asked."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_of_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
@@ -109,7 +110,7 @@ def import_folder(folder: str | os.PathLike, name: str, source: str, keep_source
     for path in files:
         relative = path.relative_to(folder).as_posix()
         bundle.sizes[relative] = path.stat().st_size
-        bundle.digests[relative] = _sha256(path)
+        bundle.digests[relative] = sha256_of_file(path)
         bundle.files[relative] = _blob_from_file(path, keep_source)
         done += bundle.sizes[relative]
         if progress:
@@ -128,7 +129,7 @@ def verify_bundle(bundle: ModelBundle) -> list[str]:
             continue
         if path.stat().st_size != bundle.sizes[relative]:
             problems.append(f"{relative}: size {path.stat().st_size}, expected {bundle.sizes[relative]}")
-        elif _sha256(path) != bundle.digests[relative]:
+        elif sha256_of_file(path) != bundle.digests[relative]:
             problems.append(f"{relative}: contents differ from the digest recorded at import")
     return problems
 
@@ -150,7 +151,7 @@ def adapter_record(folder: str | os.PathLike, name: str) -> UvmObject:
         config=config,
         model_blob=_blob_from_file(weights_path, keep_source=True),
         size=weights_path.stat().st_size,
-        sha256=_sha256(weights_path),
+        sha256=sha256_of_file(weights_path),
         imported_at=time.time(),
     )
 

@@ -8,7 +8,6 @@ state that does not exist, kernel objects stripped of their primitives.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
@@ -16,11 +15,9 @@ from typing import Any, Iterable
 
 from BTrees.OOBTree import OOBTree
 
-from batos.image.blobs import verify_bundle
+from batos.image.blobs import sha256_of_file, verify_bundle
 from batos.image.genesis import PSM_STATES, TRAIT_PRIMITIVES
 from batos.image.objects import PARENT_SLOT, Method, UvmObject
-
-CHUNK = 8 * 1024 * 1024
 
 
 def blob_file_problem(path: str) -> str | None:
@@ -41,14 +38,6 @@ def parents_problem(obj: UvmObject) -> str | None:
     if isinstance(parents, (str, bytes)) or not hasattr(parents, "__iter__") or not all(isinstance(p, UvmObject) for p in parents):
         return f"its {PARENT_SLOT} slot holds {type(parents).__name__} {str(parents)[:60]!r}, not a list of objects"
     return None
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_kernel(root: Any, objects: Iterable[UvmObject]) -> list[str]:
@@ -113,7 +102,7 @@ def _adapter_problems(name: str, record: Any) -> list[str]:
         return [f"expert {name!r}: {problem}"]
     if Path(path).stat().st_size != slots.get("size"):
         return [f"expert {name!r}: its weights are {Path(path).stat().st_size} bytes, {slots.get('size')} were imported"]
-    if _sha256(path) != slots.get("sha256"):
+    if sha256_of_file(path) != slots.get("sha256"):
         return [f"expert {name!r}: its weights differ from the digest recorded at import"]
     return []
 

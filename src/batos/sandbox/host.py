@@ -226,11 +226,11 @@ def run_method(pool: SandboxPool, selector: str, source: str, receiver: UvmObjec
     host.handle(receiver)
     job = {"t": "call", "selector": selector, "digest": digest, "slots": host.receiver_slots(receiver),
            "args": host.outgoing(list(args)), "kwargs": host.outgoing(dict(kwargs))}
-    deadline = time.monotonic() + budget
     try:
         worker = pool.checkout(timeout=budget)
     except TimeoutError:
         raise SandboxUnavailable("every sandbox worker is busy; retry shortly") from None
+    deadline = time.monotonic() + budget
     answered = [False]  # a worker that sent its final frame is fit for the next call
     try:
         if digest not in worker.digests:
