@@ -23,9 +23,10 @@ from batos.image.objects import oid_text
 from batos.llm.default_model import default_model_folder
 from batos.llm.embedded import EmbeddedBackend
 from batos.llm.settings import LLMSettings
-from batos.mind import guardian, sandbox
+from batos.mind import guardian
 from batos.mind.cycle import CyclePolicy, CycleRunner
 from batos.mind.synthesis import build_messages, extract_function
+from batos.sandbox.verify import verify
 
 
 def spec(selector, intent, slots, *examples):
@@ -68,9 +69,83 @@ SPECS = [
 ]
 
 
+def ex(*args, result, kwargs=None, after=None, slots=None) -> dict:
+    """One example of a harder spec: a call, its result, and optionally slots before and after."""
+    example = {"args": list(args), "result": result}
+    for key, value in (("kwargs", kwargs), ("after", after), ("slots", slots)):
+        if value is not None:
+            example[key] = value
+    return example
+
+
+def hard(selector, intent, slots, *examples):
+    return {"selector": selector, "intent": intent, "slots": slots, "examples": list(examples), "suite": "harder"}
+
+
+# Formatting details, edge cases, two-step updates, dict and list transformations, keyword arguments.
+HARDER = [
+    hard("format_price", "return the price slot formatted with a leading '$' and exactly two decimals", {"price": 3.5},
+         ex(result="$3.50"), ex(result="$10.00", slots={"price": 10})),
+    hard("pad_id", "return the id slot as a string of at least 5 digits, padded with leading zeros", {"id": 42},
+         ex(result="00042"), ex(result="123456", slots={"id": 123456})),
+    hard("title_words", "return the words slot (a list of strings) joined by ', ' with each word capitalized",
+         {"words": ["ada", "grace"]}, ex(result="Ada, Grace")),
+    hard("percent_of_total", "return the argument as a percentage of the total slot: one decimal place and a '%' sign",
+         {"total": 8}, ex(3, result="37.5%")),
+    hard("safe_divide", "return the a slot divided by the argument, or None when the argument is 0", {"a": 10},
+         ex(2, result=5.0), ex(0, result=None)),
+    hard("median_value", "return the median of the values slot (the mean of the two middle values when the count is even)",
+         {"values": [3, 1, 2]}, ex(result=2), ex(result=2.5, slots={"values": [4, 1, 3, 2]})),
+    hard("dedupe_items", "remove repeated elements from the items slot, keeping the first of each in order; store and return the list",
+         {"items": [3, 1, 3, 2, 1]}, ex(result=[3, 1, 2], after={"items": [3, 1, 2]})),
+    hard("move_funds", "move the argument amount from the checking slot to the savings slot; return [checking, savings]",
+         {"checking": 100, "savings": 5}, ex(30, result=[70, 35], after={"checking": 70, "savings": 35})),
+    hard("push_capped", "append the argument to the history slot, keeping only the last 3 entries; store and return the history",
+         {"history": [1, 2, 3]}, ex(4, result=[2, 3, 4], after={"history": [2, 3, 4]})),
+    hard("rename_key", "in the table slot, rename the key given as first argument to the second argument, keeping its value; "
+         "return the sorted list of keys", {"table": {"a": 1, "b": 2}},
+         ex("a", "c", result=["b", "c"], after={"table": {"b": 2, "c": 1}})),
+    hard("invert_table", "return a new dict mapping each value of the table slot to its key", {"table": {"a": "x", "b": "y"}},
+         ex(result={"x": "a", "y": "b"})),
+    hard("group_by_length", "return a dict mapping each word length to the list of words of the words slot with that length, in order",
+         {"words": ["a", "bb", "cc", "d"]}, ex(result={"1": ["a", "d"], "2": ["bb", "cc"]})),
+    hard("count_letters", "return a dict counting how many times each character of the text slot occurs, ignoring spaces",
+         {"text": "abba c"}, ex(result={"a": 2, "b": 2, "c": 1})),
+    hard("greet_kw", "return 'GREETING, NAME!' where GREETING is the keyword argument greeting (default 'Hello') and NAME the name slot",
+         {"name": "Ada"}, ex(result="Hello, Ada!"), ex(result="Hi, Ada!", kwargs={"greeting": "Hi"})),
+    hard("scale_values", "return the values slot with each number multiplied by the keyword argument factor (default 2)",
+         {"values": [1, 2]}, ex(result=[2, 4]), ex(result=[3, 6], kwargs={"factor": 3})),
+    hard("take", "return the first n elements of the items slot, n being the keyword argument n (default 2)",
+         {"items": [5, 6, 7]}, ex(result=[5, 6]), ex(result=[5], kwargs={"n": 1})),
+    hard("rotate_left", "rotate the items slot left by the argument number of steps; store and return it",
+         {"items": [1, 2, 3, 4]}, ex(1, result=[2, 3, 4, 1], after={"items": [2, 3, 4, 1]}),
+         ex(6, result=[3, 4, 1, 2], slots={"items": [1, 2, 3, 4]})),
+    hard("chunk", "return the items slot split into lists of the argument's size (the last one may be shorter)",
+         {"items": [1, 2, 3, 4, 5]}, ex(2, result=[[1, 2], [3, 4], [5]])),
+    hard("apply_discount", "reduce the price slot by the argument percent, rounded to 2 decimals; store and return it",
+         {"price": 80}, ex(25, result=60.0, after={"price": 60.0})),
+    hard("record_score", "append the argument to the scores slot and raise the best slot to it if it is higher; return best",
+         {"scores": [], "best": 0}, ex(5, result=5, after={"scores": [5], "best": 5}),
+         ex(3, result=7, slots={"scores": [7], "best": 7}, after={"scores": [7, 3], "best": 7})),
+    hard("as_sentence", "return the items slot as an English list: 'x', 'x and y', or 'x, y and z'",
+         {"items": ["x", "y", "z"]}, ex(result="x, y and z"), ex(result="x", slots={"items": ["x"]}),
+         ex(result="x and y", slots={"items": ["x", "y"]})),
+    hard("to_snake", "return the name slot converted from CamelCase to snake_case", {"name": "HelloWorldAgain"},
+         ex(result="hello_world_again")),
+    hard("stats_summary", "return a dict with keys 'min', 'max' and 'count' for the numbers in the values slot",
+         {"values": [4, 1, 9]}, ex(result={"min": 1, "max": 9, "count": 3})),
+    hard("merge_table", "merge the argument (a dict) into the table slot, the argument's values winning; store it and return the number of keys",
+         {"table": {"a": 1}}, ex({"a": 2, "b": 3}, result=2, after={"table": {"a": 2, "b": 3}})),
+    hard("word_lengths", "return a list of [word, length] pairs for the words of the text slot, longest first, ties in text order",
+         {"text": "aa b cccc dd"}, ex(result=[["cccc", 4], ["aa", 2], ["dd", 2], ["b", 1]])),
+]
+SUITE = [*({**item, "suite": "original"} for item in SPECS), *HARDER]
+
+
 def brief_for(item: dict, oid: str = "0x99") -> dict:
     first = item["examples"][0]
-    return {"oid": oid, "name": "subject", "selector": item["selector"], "args": first["args"], "kwargs": {},
+    return {"oid": oid, "name": "subject", "selector": item["selector"], "args": first["args"],
+            "kwargs": first.get("kwargs", {}),
             "intent": item["intent"], "examples": item["examples"], "slots": item["slots"],
             "methods": ["clone", "describe", "oid", "slot_names"], "related_sources": []}
 
@@ -83,7 +158,7 @@ def single_shot(backend: EmbeddedBackend, item: dict) -> tuple[bool, float]:
     if source:
         try:
             guardian.audit(source, item["selector"])
-            ok = sandbox.verify(source, item["selector"], item["slots"], item["examples"]).ok
+            ok = verify(source, item["selector"], item["slots"], item["examples"]).ok
         except guardian.GuardianError:
             ok = False
     return ok, time.perf_counter() - started
@@ -107,7 +182,8 @@ def with_cycle(backend: EmbeddedBackend, item: dict, workdir: Path, number: int)
                              CyclePolicy(max_iterations=5), model_name=lambda: backend.name)
         first = item["examples"][0]
         started = time.perf_counter()
-        cycle_id = runner.start_or_join(target, item["selector"], first["args"], {}, item["intent"], item["examples"])
+        cycle_id = runner.start_or_join(target, item["selector"], first["args"], first.get("kwargs", {}),
+                                        item["intent"], item["examples"])
         state = runner.run(cycle_id)
         seconds = time.perf_counter() - started
         iterations = runner.read(lambda root: root["active_cycles"][cycle_id]._slots["iteration"])
@@ -119,24 +195,33 @@ def with_cycle(backend: EmbeddedBackend, item: dict, workdir: Path, number: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, default=len(SPECS), help="run only the first N specs")
+    parser.add_argument("--limit", type=int, default=len(SUITE), help="run only the first N specs")
+    parser.add_argument("--suite", choices=("all", "original", "harder"), default="all")
     args = parser.parse_args()
+    chosen = [item for item in SUITE if args.suite in ("all", item["suite"])][:args.limit]
     backend = EmbeddedBackend(default_model_folder(LLMSettings().model_cache, "bfloat16"), LLMSettings(), "default")
     workdir = Path(tempfile.mkdtemp(prefix="batos-synthesis-"))
     rows = []
-    for number, item in enumerate(SPECS[:args.limit]):
+    for number, item in enumerate(chosen):
         shot_ok, shot_seconds = single_shot(backend, item)
         cycle_ok, cycle_seconds, iterations = with_cycle(backend, item, workdir, number)
-        rows.append((item["selector"], shot_ok, shot_seconds, cycle_ok, cycle_seconds, iterations))
+        rows.append((item["selector"], shot_ok, shot_seconds, cycle_ok, cycle_seconds, iterations, item["suite"]))
         print(f"{item['selector']:<24} single-shot {'ok ' if shot_ok else 'no '} {shot_seconds:6.1f} s   "
               f"cycle {'ok ' if cycle_ok else 'no '} {cycle_seconds:6.1f} s  ({iterations} iteration(s))", flush=True)
+    for suite in ("original", "harder", "all"):
+        report([r for r in rows if suite in ("all", r[6])], suite)
+
+
+def report(rows: list[tuple], suite: str) -> None:
+    if not rows:
+        return
     shots = sum(r[1] for r in rows)
     cycles = sum(r[3] for r in rows)
     n = len(rows)
-    print(f"\nspecs: {n}")
-    print(f"single-shot: {shots}/{n} solved ({shots / n:.0%}), median {statistics.median(r[2] for r in rows):.1f} s")
-    print(f"cycle:       {cycles}/{n} solved ({cycles / n:.0%}), median {statistics.median(r[4] for r in rows):.1f} s")
-    print(f"cycle / single-shot solved: {cycles / shots:.2f}" if shots else "single-shot solved none")
+    print(f"\n{suite}: {n} specs")
+    print(f"  single-shot: {shots}/{n} solved ({shots / n:.0%}), median {statistics.median(r[2] for r in rows):.1f} s")
+    print(f"  cycle:       {cycles}/{n} solved ({cycles / n:.0%}), median {statistics.median(r[4] for r in rows):.1f} s")
+    print(f"  cycle / single-shot solved: {cycles / shots:.2f}" if shots else "  single-shot solved none")
 
 
 if __name__ == "__main__":
