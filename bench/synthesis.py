@@ -178,7 +178,7 @@ def with_cycle(backend: EmbeddedBackend, item: dict, workdir: Path, number: int)
         with manager:
             target = oid_text(conn.root()["subject_obj"])
         conn.close()
-        runner = CycleRunner(img.db, lambda messages: backend.generate(messages, max_new_tokens=256).text,
+        runner = CycleRunner(img.db, lambda messages, **options: backend.generate(messages, max_new_tokens=256, **options).text,
                              CyclePolicy(max_iterations=5), model_name=lambda: backend.name)
         first = item["examples"][0]
         started = time.perf_counter()

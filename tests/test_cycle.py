@@ -28,10 +28,12 @@ class Script:
         self.answers = list(answers)
         self.calls = 0
         self.prompts = []
+        self.options = []
 
-    def __call__(self, messages):
+    def __call__(self, messages, **options):
         self.calls += 1
         self.prompts.append(messages)
+        self.options.append(options)
         answer = self.answers.pop(0)
         if isinstance(answer, BaseException):
             raise answer
@@ -235,3 +237,59 @@ def test_prune_forgets_finished_cycles_but_keeps_open_ones_and_methods(image):
 
 def cycle_method_survives(runner) -> bool:
     return runner.read(lambda root: root["counter_obj"]._slots["add_to_total"].version == 1)
+
+
+def test_a_write_conflict_while_installing_is_retried_not_a_failure(image, monkeypatch):
+    """A client writes the target between the cycle reading it and committing the install."""
+    original = CycleRunner._install
+    interfered = []
+
+    def install_after_a_concurrent_write(self, root, cycle_obj):
+        cycle_obj._slots["target"]._slots.get("add_to_total")  # the runner has read the target
+        if not interfered:
+            interfered.append(True)
+            with in_transaction(image) as other:
+                other["counter_obj"].colour = "red"  # commits a change to the same slots
+        return original(self, root, cycle_obj)
+
+    monkeypatch.setattr(CycleRunner, "_install", install_after_a_concurrent_write)
+    runner, cid = start(image, Script(GOOD))
+    assert runner.run(cid) == "COMPLETE"
+    seen = cycle(runner, cid)
+    assert seen["method"].version == 1 and interfered
+    assert runner.read(lambda root: root["counter_obj"].colour) == "red"  # the other write stands too
+    runner.close()
+
+
+def test_the_prompt_names_real_parameters_and_revisions_sample():
+    from batos.mind.synthesis import build_messages, sampling, signature
+
+    brief = {"oid": "0x1", "name": "c", "selector": "scale", "args": [3], "kwargs": {}, "intent": "scale it",
+             "examples": [{"args": [3], "kwargs": {"factor": 2}, "result": 6}], "slots": {}, "methods": [],
+             "related_sources": []}
+    assert signature(brief) == "def scale(self, value, factor=None)"
+    prompt = build_messages(brief, [])[-1]["content"]
+    assert "def scale(self, value, factor=None)" in prompt and "..." not in prompt.split("Write")[-1]
+    first, second, third = sampling(1), sampling(2), sampling(3)
+    assert first["temperature"] == 0.0 and second["temperature"] > 0 and second["seed"] != third["seed"]
+
+
+def test_a_candidate_that_does_not_parse_gets_its_syntax_error_back(image):
+    broken = "```python\ndef add_to_total(self, n)\n    return n\n```"
+    script = Script(broken, GOOD)
+    runner, cid = start(image, script)
+    assert runner.run(cid) == "COMPLETE"
+    verdict = cycle(runner, cid)["attempts"][0]["verdict"]
+    assert "does not parse" in verdict and "line 1" in verdict
+    assert "does not parse" in script.prompts[1][-1]["content"]  # the model is told
+    assert script.options[0]["temperature"] == 0.0 and script.options[1]["temperature"] > 0
+    runner.close()
+
+
+def test_a_failing_example_is_shown_as_a_call_with_expected_and_actual(image):
+    script = Script(WRONG, GOOD)
+    runner, cid = start(image, script)
+    assert runner.run(cid) == "COMPLETE"
+    feedback = script.prompts[1][-1]["content"]
+    assert "add_to_total(5)" in feedback and "returned 5" in feedback and "expected 15" in feedback
+    runner.close()

@@ -279,13 +279,14 @@ class UVM:
 
     # --- cognitive cycles ------------------------------------------------------------------------
 
-    def _generate_for_cycle(self, messages) -> str:
+    def _generate_for_cycle(self, messages, temperature: float = 0.0, seed: int | None = None) -> str:
         """The cycle runner's model call (its thread; no transaction open)."""
         try:
             self.core.wait_ready(MODEL_WAIT_SECONDS)
         except (ModelUnavailable, TimeoutError) as exc:
             raise BackendError(str(exc), transient=False) from None
-        return self.core.backend.generate(messages, max_new_tokens=self.core.settings.max_new_tokens).text
+        return self.core.backend.generate(messages, max_new_tokens=self.core.settings.max_new_tokens,
+                                          temperature=temperature, seed=seed).text
 
     def _run_cycles(self) -> None:
         while True:

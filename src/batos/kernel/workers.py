@@ -12,7 +12,6 @@ import asyncio
 import collections
 import logging
 import queue
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,31 +19,22 @@ from typing import Any, Callable
 
 import transaction
 import ZODB
-from transaction.interfaces import TransientError
+
+from batos.errors import BatosError
+from batos.image.transactions import ConflictRetriesExhausted, RetryPolicy, run_in_transaction  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 JobFunction = Callable[[Any], Any]  # called with the connection's root
 
 
-class ConflictRetriesExhausted(Exception):
-    def __init__(self, attempts: int):
-        self.attempts = attempts
-        super().__init__(f"write conflicts persisted through {attempts} attempts; nothing was written")
-
-
-class JobAbandoned(Exception):
+class JobAbandoned(BatosError):
     """The waiter stopped waiting before the job finished; the job's writes were aborted."""
 
+    code = "timeout"
 
-@dataclass
-class RetryPolicy:
-    max_attempts: int = 25
-    base_delay: float = 0.001
-    max_delay: float = 0.05
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** attempt))
+    def __init__(self, message: str = "the request did not finish in time; nothing was written"):
+        super().__init__(message)
 
 
 @dataclass
@@ -196,33 +186,23 @@ class WorkerPool:
                 self._finish(job, error=JobAbandoned())
                 return
             job.state = "running"
-        for attempt in range(1, self.retry.max_attempts + 1):
-            manager.begin()
-            try:
-                result = job.fn(connection.root())
-                if job.writes and job.claim_commit():
-                    manager.commit()
-                else:
-                    manager.abort()
-                    if job.state == "abandoned":
-                        raise JobAbandoned()
-            except TransientError:
-                _abort_quietly(manager)
-                self.conflicts += 1
-                with job.lock:
-                    if job.state == "committing":
-                        job.state = "running"
-                if attempt == self.retry.max_attempts:
-                    self._finish(job, error=ConflictRetriesExhausted(attempt))
-                    return
-                time.sleep(self.retry.delay(attempt))
-            except BaseException as exc:
-                _abort_quietly(manager)
-                self._finish(job, error=exc)
-                return
-            else:
-                self._finish(job, result=result)
-                return
+
+        def conflicted() -> None:
+            self.conflicts += 1
+            with job.lock:
+                if job.state == "committing":
+                    job.state = "running"
+
+        try:
+            result = run_in_transaction(manager, lambda: job.fn(connection.root()), self.retry, writes=job.writes,
+                                        may_commit=job.claim_commit, on_conflict=conflicted)
+        except BaseException as exc:
+            self._finish(job, error=exc)
+            return
+        if job.state == "abandoned":
+            self._finish(job, error=JobAbandoned())
+        else:
+            self._finish(job, result=result)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Let queued jobs finish, then end every worker (waiting at most ``timeout`` in all)."""
@@ -234,10 +214,3 @@ class WorkerPool:
         stuck = [t.name for t in self._threads if t.is_alive()]
         if stuck:
             log.warning("workers still busy at shutdown, their transactions are left uncommitted: %s", stuck)
-
-
-def _abort_quietly(manager: transaction.TransactionManager) -> None:
-    try:
-        manager.abort()
-    except Exception:
-        log.exception("aborting a transaction failed")

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import transaction
 import ZODB
@@ -37,11 +37,12 @@ from persistent.list import PersistentList
 from batos.errors import BatosError
 from batos.image.objects import Method, UvmObject, oid_text, parents_of
 from batos.image.protection import mark_kernel
+from batos.image.transactions import run_in_transaction
 from batos.image.values import ValueTooLarge, to_plain
 from batos.image.genesis import PSM_STATES as STATES  # noqa: F401  (the states, for readers of this module)
 from batos.llm.generation import BackendError, Message
 from batos.mind import guardian
-from batos.mind.synthesis import build_messages, extract_function
+from batos.mind.synthesis import build_messages, extract_function, extraction_problem, sampling
 from batos.sandbox import SandboxPool
 from batos.sandbox.verify import verify
 
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 FINISHED = ("COMPLETE", "FAILED")
 MAX_STORED_TEXT = 32 * 1024  # a model's answer (or a prompt) is kept once, and at most this long
 STATE_SLOT = "synthesis_state*"
-Generate = Callable[[list[Message]], str]
+Generate = Callable[..., str]  # (messages, temperature=, seed=) -> the model's text
 Listener = Callable[[str, str], None]  # (cycle id, state)
 
 
@@ -137,6 +138,10 @@ def _brief_value(value: Any) -> Any:
         return {"$repr": "(too large to show)"}
 
 
+class NotAwaitingApproval(BatosError, ValueError):
+    code = "bad_request"
+
+
 class CycleRunner:
     """Runs cycles one at a time in a thread of its own, with its own connection."""
 
@@ -155,6 +160,7 @@ class CycleRunner:
         self._running = threading.Lock()  # one cycle runs at a time
         self._done: dict[str, threading.Event] = {}
         self._listeners: list[Listener] = []
+        self._finish_listeners: list[Listener] = []
 
     # --- the cycle ------------------------------------------------------------------------------
 
@@ -171,44 +177,48 @@ class CycleRunner:
                 step(cycle_id)
 
     def decompose(self, cycle_id: str) -> None:
-        with self._cycle(cycle_id) as (root, cycle):
+        def step(root, cycle):
             s = cycle._slots
             s["brief"] = mission_brief(s["target"], s["selector"], s["args"], s["kwargs"], s["intent"], s["examples"])
             self._move(root, cycle, "DECOMPOSING")
+        self._change(cycle_id, step)
 
     def delegate(self, cycle_id: str) -> None:
-        with self._cycle(cycle_id) as (root, cycle):
+        def step(root, cycle):
             cycle._slots["persona"] = self.policy.persona
             cycle._slots["model"] = self.model_name()
             self._move(root, cycle, "DELEGATING")
+        self._change(cycle_id, step)
 
     def synthesize(self, cycle_id: str) -> None:
-        with self._cycle(cycle_id) as (root, cycle):
+        def enter(root, cycle):
             if state_of(cycle) != "SYNTHESIZING":
                 self._move(root, cycle, "SYNTHESIZING")
-            brief, attempts = to_plain(cycle._slots["brief"]), [dict(a) for a in cycle._slots["attempts"]]
+            return to_plain(cycle._slots["brief"]), [dict(a) for a in cycle._slots["attempts"]], cycle._slots["iteration"]
+        brief, attempts, iteration = self._change(cycle_id, enter)
         if is_facet(brief["selector"]):
             return self._write_facet(cycle_id, brief)
         messages = build_messages(brief, attempts)
         started = time.perf_counter()
         try:
-            answer = self._generate_with_retries(messages)  # no transaction is open here
+            answer = self._generate_with_retries(messages, sampling(iteration))  # no transaction is open here
         except BackendError as exc:
             return self._fail(cycle_id, f"the language model failed: {exc}")
         seconds = time.perf_counter() - started
         candidate = extract_function(answer, brief["selector"])
-        verdict = None if candidate else f"no function named {brief['selector']!r} in the answer"
+        verdict = None if candidate else extraction_problem(answer, brief["selector"])
         if candidate and len(candidate.encode()) > self.policy.max_source_bytes:
             candidate, verdict = None, f"the function is over {self.policy.max_source_bytes} bytes; write a shorter one"
-        with self._cycle(cycle_id) as (root, cycle):
+
+        def record(root, cycle):
             cycle._slots["attempts"].append({
                 "iteration": cycle._slots["iteration"], "prompt": bounded(messages[-1]["content"]),
                 "answer": bounded(answer), "candidate": candidate, "verdict": verdict,
                 "generation_seconds": round(seconds, 3),
             })
-            cycle._slots["attempts"]._p_changed = True
             if candidate:
                 self._move(root, cycle, "VALIDATING")
+        self._change(cycle_id, record)
         if not candidate:
             self._revise_or_fail(cycle_id)
 
@@ -216,32 +226,34 @@ class CycleRunner:
         """A facet needs no model to write it: its source follows from the intent."""
         if not brief.get("intent"):
             return self._fail(cycle_id, "a facet (a selector ending in _facet_) needs an intent: what the model should be")
-        with self._cycle(cycle_id) as (root, cycle):
+        def record(root, cycle):
             cycle._slots["attempts"].append({"iteration": 1, "prompt": None, "answer": None, "generation_seconds": 0.0,
                                              "candidate": facet_source(brief["selector"], brief["intent"]), "verdict": None})
-            cycle._slots["attempts"]._p_changed = True
             self._move(root, cycle, "VALIDATING")
+        self._change(cycle_id, record)
 
     def validate(self, cycle_id: str) -> None:
-        with self._cycle(cycle_id) as (root, cycle):
-            brief = to_plain(cycle._slots["brief"])
-            candidate = cycle._slots["attempts"][-1]["candidate"]
+        brief, candidate = self._change(
+            cycle_id, lambda root, cycle: (to_plain(cycle._slots["brief"]), cycle._slots["attempts"][-1]["candidate"]))
         started = time.perf_counter()
         source, verdict = self._check(candidate, brief)
-        with self._cycle(cycle_id) as (root, cycle):
-            attempt = cycle._slots["attempts"][-1]
-            attempt.update(verdict=verdict or "passed", validation_seconds=round(time.perf_counter() - started, 3))
+
+        def record(root, cycle) -> bool:
+            attempts = cycle._slots["attempts"]
+            attempt = dict(attempts[-1], verdict=verdict or "passed", validation_seconds=round(time.perf_counter() - started, 3))
             if source != candidate:
                 attempt["final_source"] = source
-            cycle._slots["attempts"]._p_changed = True
-            if verdict is None:
-                cycle._slots["approved_source"] = source
-                if self.policy.approval == "manual":
-                    self._move(root, cycle, "AWAITING_APPROVAL")
-                else:
-                    self._install(root, cycle)
-                return
-        self._revise_or_fail(cycle_id)
+            attempts[-1] = attempt
+            if verdict is not None:
+                return False
+            cycle._slots["approved_source"] = source
+            if self.policy.approval == "manual":
+                self._move(root, cycle, "AWAITING_APPROVAL")
+            else:
+                self._install(root, cycle)
+            return True
+        if not self._change(cycle_id, record):
+            self._revise_or_fail(cycle_id)
 
     def _check(self, candidate: str, brief: dict) -> tuple[str, str | None]:
         """(source as it would be installed, None) or (candidate, why it was refused)."""
@@ -267,20 +279,22 @@ class CycleRunner:
         return candidate, None if result.ok else f"verification: {result.message}"
 
     def _revise_or_fail(self, cycle_id: str) -> None:
-        with self._cycle(cycle_id) as (root, cycle):
-            attempts = cycle._slots["attempts"]
-            candidates = [a["candidate"] for a in attempts if a["candidate"]]
-            if len(candidates) >= 2 and candidates[-1] in candidates[:-1]:
-                return self._move(root, cycle, "FAILED", f"the model repeated an earlier candidate; last verdict: {attempts[-1]['verdict']}")
-            if cycle._slots["iteration"] >= self.policy.max_iterations:
-                return self._move(root, cycle, "FAILED", f"no valid method after {self.policy.max_iterations} iterations; last verdict: {attempts[-1]['verdict']}")
-            cycle._slots["iteration"] += 1
-            self._move(root, cycle, "SYNTHESIZING")
+        self._change(cycle_id, self._revise_or_fail_step)
 
-    def _generate_with_retries(self, messages: list[Message]) -> str:
+    def _revise_or_fail_step(self, root, cycle: UvmObject) -> None:
+        attempts = cycle._slots["attempts"]
+        candidates = [a["candidate"] for a in attempts if a["candidate"]]
+        if len(candidates) >= 2 and candidates[-1] in candidates[:-1]:
+            return self._move(root, cycle, "FAILED", f"the model repeated an earlier candidate; last verdict: {attempts[-1]['verdict']}")
+        if cycle._slots["iteration"] >= self.policy.max_iterations:
+            return self._move(root, cycle, "FAILED", f"no valid method after {self.policy.max_iterations} iterations; last verdict: {attempts[-1]['verdict']}")
+        cycle._slots["iteration"] += 1
+        self._move(root, cycle, "SYNTHESIZING")
+
+    def _generate_with_retries(self, messages: list[Message], options: dict[str, Any]) -> str:
         for retry in range(self.policy.max_transient_retries + 1):
             try:
-                return self.generate(messages)
+                return self.generate(messages, **options)
             except BackendError as exc:
                 if not exc.transient or retry == self.policy.max_transient_retries:
                     raise
@@ -308,8 +322,7 @@ class CycleRunner:
         self._move(root, cycle, "COMPLETE")
 
     def _fail(self, cycle_id: str, reason: str) -> None:
-        with self._cycle(cycle_id) as (root, cycle):
-            self._move(root, cycle, "FAILED", reason)
+        self._change(cycle_id, lambda root, cycle: self._move(root, cycle, "FAILED", reason))
 
     def _move(self, root, cycle: UvmObject, state: str, reason: str | None = None) -> None:
         s = cycle._slots
@@ -332,7 +345,7 @@ class CycleRunner:
 
         Before a new cycle is made, ``may_start(number of open cycles)`` may refuse by raising.
         """
-        with self._lock, self._transaction() as root:
+        def start(root) -> str:
             open_cycles = 0
             for cycle in root["active_cycles"].values():
                 s = cycle._slots
@@ -354,30 +367,31 @@ class CycleRunner:
             )
             mark_kernel(root["active_cycles"][cycle_id])
             return cycle_id
+        return self._transact(start)
 
     def unfinished(self) -> list[str]:
         """Cycles to resume after a restart (not finished, not waiting for approval)."""
-        with self._transaction() as root:
-            cycles = root.get("active_cycles") or {}
-            return [c._slots["cycle_id"] for c in cycles.values() if state_of(c) not in (*FINISHED, "AWAITING_APPROVAL")]
+        return self.read(lambda root: [c._slots["cycle_id"] for c in (root.get("active_cycles") or {}).values()
+                                       if state_of(c) not in (*FINISHED, "AWAITING_APPROVAL")])
 
     def decide(self, cycle_id: str, approve: bool, digest: str | None = None) -> str:
         """Approve (install) or reject a cycle waiting for approval; its new state.
 
         With ``digest``, approval installs only the source whose sha256 it is (what was shown).
         """
+        def step(root, cycle) -> None:
+            if state_of(cycle) != "AWAITING_APPROVAL":
+                raise NotAwaitingApproval(f"cycle {cycle_id} is {state_of(cycle)}, not AWAITING_APPROVAL")
+            shown = source_digest(cycle._slots.get("approved_source"))
+            if approve and digest is not None and digest != shown:
+                raise BatosError(f"cycle {cycle_id}'s source has digest {shown}, not {digest}: "
+                                 "show it again and approve what you see", code="conflict")
+            if approve:
+                self._install(root, cycle)
+            else:
+                self._move(root, cycle, "FAILED", "rejected by the architect")
         with self._running:
-            with self._cycle(cycle_id) as (root, cycle):
-                if state_of(cycle) != "AWAITING_APPROVAL":
-                    raise ValueError(f"cycle {cycle_id} is {state_of(cycle)}, not AWAITING_APPROVAL")
-                shown = source_digest(cycle._slots.get("approved_source"))
-                if approve and digest is not None and digest != shown:
-                    raise BatosError(f"cycle {cycle_id}'s source has digest {shown}, not {digest}: "
-                                     "show it again and approve what you see", code="conflict")
-                if approve:
-                    self._install(root, cycle)
-                else:
-                    self._move(root, cycle, "FAILED", "rejected by the architect")
+            self._change(cycle_id, step)
             state = self._read(cycle_id, state_of)
             self._finished(cycle_id, state)
             return state
@@ -395,12 +409,14 @@ class CycleRunner:
         Installed methods keep the id of the cycle that wrote them; only the record goes.
         """
         limit = time.time() - older_than_seconds
-        with self._transaction() as root:
+
+        def prune(root) -> list[str]:
             cycles = root["active_cycles"]
             doomed = [cid for cid, c in cycles.items() if state_of(c) in FINISHED and c._slots["updated"] <= limit]
             for cycle_id in doomed:
                 del cycles[cycle_id]
-        return doomed
+            return doomed
+        return self._transact(prune)
 
     def waiter(self, cycle_id: str) -> threading.Event:
         with self._lock:
@@ -408,18 +424,28 @@ class CycleRunner:
 
     def _finished(self, cycle_id: str, state: str) -> None:
         self.waiter(cycle_id).set()
+        self._tell(self._finish_listeners, cycle_id, state)
 
-    def add_listener(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+    def add_listener(self, listener: Listener, on_finish: bool = False) -> None:
+        """``listener(cycle_id, state)`` after every committed transition, or (``on_finish``) once
+        a cycle stops running: finished, awaiting approval, or abandoned."""
+        (self._finish_listeners if on_finish else self._listeners).append(listener)
 
     def remove_listener(self, listener: Listener) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(listener)
+        for listeners in (self._listeners, self._finish_listeners):
+            with contextlib.suppress(ValueError):
+                listeners.remove(listener)
 
     def _notify(self, cycle_id: str, state: str) -> None:
-        for listener in list(self._listeners):
-            with contextlib.suppress(Exception):
+        self._tell(self._listeners, cycle_id, state)
+
+    @staticmethod
+    def _tell(listeners: list[Listener], cycle_id: str, state: str) -> None:
+        for listener in list(listeners):
+            try:
                 listener(cycle_id, state)
+            except Exception:
+                log.exception("a cycle listener failed on %s -> %s", cycle_id, state)
 
     def read(self, fn: Callable[[Any], Any]) -> Any:
         """``fn(root)`` in a read-only transaction of a connection of its own (never waits for a
@@ -439,24 +465,19 @@ class CycleRunner:
 
     # --- transactions -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _transact(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(root)`` in one committed transaction of the runner's connection; conflicts retried."""
         with self._lock:
-            self._manager.begin()
-            try:
-                yield self._connection.root()
-                self._manager.commit()
-            except BaseException:
-                self._manager.abort()
-                raise
+            return run_in_transaction(self._manager, lambda: fn(self._connection.root()))
 
-    @contextlib.contextmanager
-    def _cycle(self, cycle_id: str) -> Iterator[tuple[Any, UvmObject]]:
-        with self._transaction() as root:
+    def _change(self, cycle_id: str, fn: Callable[[Any, UvmObject], Any]) -> Any:
+        """``fn(root, cycle)`` in one committed transaction; conflicts retried."""
+        def in_cycle(root):
             cycle = root["active_cycles"].get(cycle_id)
             if cycle is None:
                 raise KeyError(f"no cycle {cycle_id}")
-            yield root, cycle
+            return fn(root, cycle)
+        return self._transact(in_cycle)
 
     def _read(self, cycle_id: str, fn: Callable[[UvmObject], Any]) -> Any:
         return self.read(lambda root: fn(root["active_cycles"][cycle_id]))

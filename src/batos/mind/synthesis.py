@@ -61,15 +61,50 @@ def build_messages(brief: dict[str, Any], attempts: list[dict[str, Any]]) -> lis
         lines.append("It shows the object, so its answer must contain `self.oid()` and the names from `self.slot_names()`.")
     for example in brief.get("examples", []):
         lines.append(f"Example: {describe_value(example, 300)}")
-    lines.append(f"Write `def {selector}(self{', ...' if call else ''})` so that the call above works.")
+    lines.append(f"Write `{signature(brief)}` so that the call above works.")
     messages: list[Message] = [
         {"role": "system", "content": SYSTEM_PROMPT.replace("{selector}", selector)},
         {"role": "user", "content": "\n\n".join(lines)},
     ]
     for attempt in attempts[-2:]:  # the last two failures are enough context for a small model
         messages.append({"role": "assistant", "content": f"```python\n{attempt['candidate'] or attempt['answer']}\n```"})
-        messages.append({"role": "user", "content": f"That was rejected: {attempt['verdict']}\nWrite the corrected `def {selector}`."})
+        messages.append({"role": "user", "content": f"That was rejected: {attempt['verdict']}\n"
+                                                    f"Write the corrected `{signature(brief)}`."})
     return messages
+
+
+def signature(brief: dict[str, Any]) -> str:
+    """``def selector(self, ...)`` with real parameter names: one per positional argument seen in
+    the call or the examples, and every keyword argument seen, with a default."""
+    calls = [{"args": brief.get("args") or [], "kwargs": brief.get("kwargs") or {}}, *brief.get("examples", [])]
+    positional = max((len(call.get("args") or []) for call in calls), default=0)
+    names = ["value"] if positional == 1 else [f"arg{i}" for i in range(1, positional + 1)]
+    keywords = sorted({key for call in calls for key in (call.get("kwargs") or {})})
+    return f"def {brief['selector']}({', '.join(['self', *names, *(f'{k}=None' for k in keywords)])})"
+
+
+def sampling(iteration: int) -> dict[str, Any]:
+    """Generation settings for an attempt: the first is greedy; each revision samples with a seed of
+    its own, so a revision is never the greedy repeat of the attempt before it."""
+    if iteration <= 1:
+        return {"temperature": 0.0, "seed": None}
+    return {"temperature": min(0.3 + 0.2 * (iteration - 2), 0.9), "seed": 1000 + iteration}
+
+
+def extraction_problem(answer: str, selector: str) -> str:
+    """Why no function named ``selector`` could be taken out of ``answer``: the SyntaxError and its
+    line when the code does not parse, else what is missing."""
+    blocks = [block for block in (*FENCE.findall(answer), answer) if "def " in block]  # code, not prose
+    for block in blocks:
+        try:
+            ast.parse(textwrap.dedent(block))
+        except SyntaxError as exc:
+            line = (exc.text or "").strip()
+            return (f"the code does not parse: {exc.msg} at line {exc.lineno}" + (f": `{line}`" if line else "")
+                    + f". Answer with one complete `def {selector}(self, ...)` and nothing else.")
+        else:
+            break
+    return f"no function named {selector!r} in the answer; write `def {selector}(self, ...)` exactly"
 
 
 def extract_function(answer: str, selector: str) -> str | None:

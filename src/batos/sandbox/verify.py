@@ -51,6 +51,13 @@ def stand_in(slots: dict[str, Any], oid: str | None) -> UvmObject:
     return receiver
 
 
+def call_text(selector: str, args: list, kwargs: dict, slots: dict | None) -> str:
+    """The example as a call a reader (or a model) recognises: ``add(5, by=2)`` on given slots."""
+    inside = ", ".join([*(repr(a) for a in args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+    where = f" with slots {slots!r}" if slots else ""
+    return f"{selector}({inside}){where}"
+
+
 def verify(source: str, selector: str, slots: dict[str, Any], examples: list[dict[str, Any]],
            seconds: float = SECONDS_PER_EXAMPLE, oid: str | None = None, pool: SandboxPool | None = None) -> Verdict:
     """Run ``examples`` against the candidate; the verdict says what failed first.
@@ -66,19 +73,20 @@ def verify(source: str, selector: str, slots: dict[str, Any], examples: list[dic
     results: list[dict[str, Any]] = []
     for number, example in enumerate(examples or [{}], start=1):
         receiver = stand_in({**slots, **(example.get("slots") or {})}, oid)
+        args, kwargs = list(example.get("args") or []), dict(example.get("kwargs") or {})
+        call = call_text(selector, args, kwargs, example.get("slots"))
         try:
-            result = run_method(pool, selector, source, receiver, list(example.get("args") or []),
-                                dict(example.get("kwargs") or {}), seconds)
+            result = run_method(pool, selector, source, receiver, args, kwargs, seconds)
         except MethodTimeout:
-            return Verdict(False, f"example {number}: ran past {seconds:g} s of wall-clock time (an endless loop?)", results)
+            return Verdict(False, f"example {number}: {call} ran past {seconds:g} s of wall-clock time (an endless loop?)", results)
         except BatosError as exc:
-            return Verdict(False, f"example {number}: {exc}", results)
+            return Verdict(False, f"example {number}: {call} raised {exc}", results)
         got = to_plain(result)
         results.append({"example": number, "result": got})
         if "result" in example and got != example["result"]:
-            return Verdict(False, f"example {number}: returned {got!r}, expected {example['result']!r}", results)
+            return Verdict(False, f"example {number}: {call} returned {got!r}, expected {example['result']!r}", results)
         for slot, expected in (example.get("after") or {}).items():
             actual = to_plain(receiver._slots.get(slot))
             if actual != expected:
-                return Verdict(False, f"example {number}: afterwards slot {slot!r} is {actual!r}, expected {expected!r}", results)
+                return Verdict(False, f"example {number}: after {call}, slot {slot!r} is {actual!r}, expected {expected!r}", results)
     return Verdict(True, f"{len(results)} example(s) passed", results)

@@ -1,0 +1,85 @@
+"""The one way BatOS runs a transaction of its own.
+
+:func:`run_in_transaction` calls a function inside a transaction of the given manager and commits
+it; a write conflict (any ``TransientError``) aborts and runs the function again, after a capped,
+jittered exponential backoff, at most ``RetryPolicy.max_attempts`` times; then it raises
+ConflictRetriesExhausted and nothing is written. Any other exception aborts and propagates. The
+function must therefore be safe to run again: it reads what it needs inside the transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import transaction
+from transaction.interfaces import TransientError
+
+from batos.errors import BatosError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ConflictRetriesExhausted(BatosError):
+    code = "conflict"
+
+    def __init__(self, attempts: int):
+        self.attempts = attempts
+        super().__init__(f"write conflicts persisted through {attempts} attempts; nothing was written")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 25
+    base_delay: float = 0.001
+    max_delay: float = 0.05
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** attempt))
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+def run_in_transaction(manager: transaction.TransactionManager, fn: Callable[[], T],
+                       policy: RetryPolicy = DEFAULT_POLICY, writes: bool = True,
+                       may_commit: Callable[[], bool] | None = None,
+                       on_conflict: Callable[[], None] | None = None) -> T:
+    """``fn()`` in a transaction of ``manager``, committed (see the module docstring).
+
+    With ``writes`` false the transaction is aborted instead of committed. ``may_commit``, asked
+    just before committing, can refuse: the transaction is aborted and the result still returned.
+    ``on_conflict`` is told of every conflict (for counting).
+    """
+    for attempt in range(1, policy.max_attempts + 1):
+        manager.begin()
+        try:
+            result = fn()
+            if writes and (may_commit is None or may_commit()):
+                manager.commit()
+            else:
+                manager.abort()
+            return result
+        except TransientError as exc:
+            _abort_quietly(manager)
+            if on_conflict is not None:
+                on_conflict()
+            if attempt == policy.max_attempts:
+                raise ConflictRetriesExhausted(attempt) from exc
+            log.debug("write conflict (%s), attempt %d; retrying", exc, attempt)
+            time.sleep(policy.delay(attempt))
+        except BaseException:
+            _abort_quietly(manager)
+            raise
+    raise AssertionError("unreachable")
+
+
+def _abort_quietly(manager: transaction.TransactionManager) -> None:
+    try:
+        manager.abort()
+    except Exception:
+        log.exception("aborting a transaction failed")
