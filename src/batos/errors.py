@@ -30,3 +30,15 @@ class RateLimited(BatosError):
     """Too many of something started too quickly (cycles per client per minute)."""
 
     code = "rate_limited"
+
+
+class NotFound(BatosError):
+    """No such object, slot, cycle, model or expert."""
+
+    code = "not_found"
+
+
+class BadRequest(BatosError):
+    """A request whose fields make no sense together; nothing was done."""
+
+    code = "bad_request"

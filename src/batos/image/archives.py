@@ -19,6 +19,8 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from batos.errors import BatosError
+
 MAX_MEMBERS = 10_000
 MAX_TOTAL_BYTES = 16 * 1024**3
 MAX_RATIO = 100  # unpacked bytes per archive byte; model weights compress far less than this
@@ -32,8 +34,10 @@ def size_limit(archive_path: Path, max_bytes: int | None) -> int:
     return min(max_bytes, max(RATIO_FLOOR_BYTES, MAX_RATIO * archive_path.stat().st_size))
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(BatosError, ValueError):
     """The archive is malformed, hostile, or larger than allowed; nothing was extracted."""
+
+    code = "import_failed"
 
 
 def _check_name(name: str) -> None:

