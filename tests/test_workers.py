@@ -20,8 +20,8 @@ SLOW = "def slow(self, n):\n    total = 0\n    for i in range(n):\n        total
 
 
 def slow_request(request_id: str) -> dict:
-    """About a second and a half of method time here."""
-    return {"id": request_id, "op": "send", "target": "genesis_obj", "selector": "slow", "args": [5_000_000]}
+    """About a second and a half of method time here (in a sandbox worker, with no tracer)."""
+    return {"id": request_id, "op": "send", "target": "genesis_obj", "selector": "slow", "args": [20_000_000]}
 
 
 def test_each_worker_has_its_own_connection_and_transaction_manager():
@@ -63,7 +63,7 @@ def test_sigterm_lets_in_flight_requests_finish(image_path):
     assert srv.process.wait(30) == 0
     srv = Server(image_path, endpoint=srv.endpoint).start()
     with srv.client() as c:
-        assert c.get("genesis_obj", "done") == 5_000_000  # acknowledged, so committed
+        assert c.get("genesis_obj", "done") == 20_000_000  # acknowledged, so committed
     srv.stop()
 
 

@@ -8,9 +8,11 @@ Request: ``{"id": str, "op": str, ...op fields}``. Reply: ``{"id", "ok": true, "
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import ormsgpack
+
+from batos.errors import BatosError
 
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 MAX_FRAMES = 8  # identity frames from a few proxy hops, a delimiter, the payload
@@ -43,40 +45,53 @@ class Code:
     INTERNAL = "internal"
 
 
-class ProtocolError(Exception):
+class ProtocolError(BatosError):
     """A request that cannot be served; carries its error code."""
 
     def __init__(self, code: str, message: str):
-        self.code = code
+        super().__init__(message, code)
         self.message = message
-        super().__init__(f"{code}: {message}")
 
 
-# op -> (required fields, optional fields), each field name -> accepted types.
+@dataclass(frozen=True)
+class Op:
+    """One op: its required and optional fields (name -> accepted types), whether it may write, and
+    which service serves it."""
+
+    required: dict[str, tuple]
+    optional: dict[str, tuple]
+    writes: bool
+    service: str
+
+
+SERVICES = ("kernel", "image", "cycles", "models")
+
+
+# The one place an op is declared. A service has a coroutine ``op_<name>`` for each of its ops.
 _ANY = object
-OPS: dict[str, tuple[dict[str, tuple], dict[str, tuple]]] = {
-    "ping": ({}, {}),
-    "stats": ({}, {}),
-    "describe": ({"target": (str,)}, {}),
-    "get": ({"target": (str,), "slot": (str,)}, {}),
-    "set": ({"target": (str,), "slot": (str,), "value": (_ANY,)}, {}),
-    "send": ({"target": (str,), "selector": (str,)},
-             {"args": (list,), "kwargs": (dict,), "intent": (str,), "examples": (list,), "wait": (bool,)}),
-    "define": ({"target": (str,), "source": (str,)}, {"selector": (str,)}),
-    "pack": ({}, {"days": (int, float)}),
-    "upload": ({"upload_id": (str,), "offset": (int,), "data": (bytes,)}, {}),
-    "model_import": ({}, {"upload_id": (str,), "hub_id": (str,), "name": (str,)}),
-    "model_list": ({}, {}),
-    "model_use": ({"name": (str,)}, {}),
-    "expert_import": ({"upload_id": (str,)}, {"name": (str,)}),
-    "cycles_list": ({}, {"all": (bool,)}),
-    "cycle_show": ({"cycle": (str,)}, {}),
-    "cycle_decide": ({"cycle": (str,), "approve": (bool,)}, {"digest": (str,)}),
-    "cycles_prune": ({}, {"days": (int, float)}),
-    "methods": ({"target": (str,), "selector": (str,)}, {}),
-    "method_rollback": ({"target": (str,), "selector": (str,), "version": (int,)}, {}),
+OPS: dict[str, Op] = {
+    "ping": Op({}, {}, False, "kernel"),
+    "stats": Op({}, {}, False, "kernel"),
+    "pack": Op({}, {"days": (int, float)}, True, "kernel"),
+    "describe": Op({"target": (str,)}, {}, False, "image"),
+    "get": Op({"target": (str,), "slot": (str,)}, {}, False, "image"),
+    "set": Op({"target": (str,), "slot": (str,), "value": (_ANY,)}, {}, True, "image"),
+    "send": Op({"target": (str,), "selector": (str,)},
+               {"args": (list,), "kwargs": (dict,), "intent": (str,), "examples": (list,), "wait": (bool,)}, True, "image"),
+    "define": Op({"target": (str,), "source": (str,)}, {"selector": (str,)}, True, "image"),
+    "methods": Op({"target": (str,), "selector": (str,)}, {}, False, "image"),
+    "method_rollback": Op({"target": (str,), "selector": (str,), "version": (int,)}, {}, True, "image"),
+    "cycles_list": Op({}, {"all": (bool,)}, False, "cycles"),
+    "cycle_show": Op({"cycle": (str,)}, {}, False, "cycles"),
+    "cycle_decide": Op({"cycle": (str,), "approve": (bool,)}, {"digest": (str,)}, True, "cycles"),
+    "cycles_prune": Op({}, {"days": (int, float)}, True, "cycles"),
+    "upload": Op({"upload_id": (str,), "offset": (int,), "data": (bytes,)}, {}, False, "models"),
+    "model_import": Op({}, {"upload_id": (str,), "hub_id": (str,), "name": (str,)}, True, "models"),
+    "model_list": Op({}, {}, False, "models"),
+    "model_use": Op({"name": (str,)}, {}, True, "models"),
+    "expert_import": Op({"upload_id": (str,)}, {"name": (str,)}, True, "models"),
 }
-WRITING_OPS = frozenset({"set", "send", "define", "method_rollback"})
+WRITING_OPS = frozenset(name for name, op in OPS.items() if op.writes)
 _NAME_FIELDS = ("target", "slot", "selector")
 
 
@@ -86,6 +101,18 @@ class Request:
     op: str
     fields: dict[str, Any]
     peer: bytes = b""  # the client's routing identity (which client asked), for per-client limits
+
+
+@dataclass
+class Context:
+    """What a service may know of the request it serves: the request, and how to send it events."""
+
+    request: Request
+    emit: Callable[[dict[str, Any]], Awaitable[None]]
+
+    @property
+    def peer(self) -> bytes:
+        return self.request.peer
 
 
 def decode(payload: bytes, peer: bytes = b"") -> Request:
@@ -104,7 +131,7 @@ def decode(payload: bytes, peer: bytes = b"") -> Request:
         raise ProtocolError(Code.BAD_REQUEST, "'op' must be a string")
     if op not in OPS:
         raise ProtocolError(Code.UNKNOWN_OP, f"unknown op {op[:64]!r}; known: {', '.join(sorted(OPS))}")
-    required, optional = OPS[op]
+    required, optional = OPS[op].required, OPS[op].optional
     fields = {k: v for k, v in message.items() if k not in ("id", "op")}
     for name, types in required.items():
         if name not in fields:

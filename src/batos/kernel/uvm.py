@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
-import queue
 import signal
 import tempfile
 import threading
@@ -21,20 +19,22 @@ from batos.config import settings_from_env
 from batos.image import open_image
 from batos.image.genesis import SCHEMA_KEY, Image
 from batos.image.storage import DEFAULT_IMAGE, normalize_uri
+from batos.errors import BatosError
 from batos.llm.core import CognitiveCore, ModelUnavailable
 from batos.llm.generation import BackendError, ConfigurationError
 from batos.llm.settings import LLMSettings
-from batos.mind.cycle import CyclePolicy, CycleRunner, summary
-from batos.kernel import protocol, services  # noqa: F401  (services registers its primitives)
+from batos.mind.cycle import CyclePolicy, CycleRunner
+from batos.mind.cycle_service import CycleService
+from batos.kernel import protocol, services
 from batos.kernel.bridge import Bridge, Emit
 from batos.kernel.dispatch import SYNTHESIZE, Dispatcher, ServiceCall
-from batos.kernel.logs import MESSAGES_LOGGER
-from batos.kernel.protocol import Code, ProtocolError, Request
-from batos.kernel.uploads import Uploads
-from batos.kernel.workers import ConflictRetriesExhausted, JobAbandoned, WorkerPool
-from batos.errors import BatosError
-from batos.sandbox import SandboxLimits, SandboxPool
 from batos.kernel.limits import CycleStarts
+from batos.kernel.logs import MESSAGES_LOGGER
+from batos.kernel.models import MODEL_WAIT_SECONDS, ModelService
+from batos.kernel.protocol import Code, Context, ProtocolError, Request
+from batos.kernel.uploads import Uploads
+from batos.kernel.workers import WorkerPool
+from batos.sandbox import SandboxLimits, SandboxPool
 
 log = logging.getLogger(__name__)
 message_log = logging.getLogger(MESSAGES_LOGGER)
@@ -42,10 +42,6 @@ message_log = logging.getLogger(MESSAGES_LOGGER)
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 # A worker gets this much longer than a method's budget before its waiter gives up on it.
 WORKER_GRACE_SECONDS = 5.0
-# How long a model call waits for the model to be imported and loaded.
-MODEL_WAIT_SECONDS = 1800.0
-MODEL_OPS = frozenset({"upload", "model_import", "model_list", "model_use", "expert_import"})
-CYCLE_OPS = frozenset({"cycles_list", "cycle_show", "cycle_decide", "cycles_prune", "methods", "method_rollback"})
 
 
 @dataclass
@@ -64,6 +60,7 @@ class Settings:
     llm: str = "embedded"
     approval: str = "auto"  # or "manual": synthesized methods wait for `batos cycles approve`
     max_iterations: int = 5
+    cycle_wait_seconds: float = 1800.0  # how long a client's send waits for the cycle it started
 
     # limits (see README, "Limits"); each answers with a clear code and writes nothing
     max_slot_bytes: int = 1024**2
@@ -101,9 +98,8 @@ class UVM:
                                      max_source_bytes=settings.max_source_bytes, limits=settings.sandbox_limits())
         self.cycle_starts = CycleStarts(settings.max_cycles_per_minute, settings.max_open_cycles)
         self.core: CognitiveCore | None = None
-        self.uploads: Uploads | None = None
-        self.cycles: CycleRunner | None = None
-        self._cycle_queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.models: ModelService | None = None
+        self.cycles: CycleService | None = None
         self.started_at = time.time()
         self.counts: Counter[str] = Counter()
         self.failure: BaseException | None = None
@@ -125,15 +121,16 @@ class UVM:
         try:
             self.core = CognitiveCore(self.image.db, self.settings.llm, llm_settings,
                                       scratch=self._side_folder("scratch"))
-            self.uploads = Uploads(self._side_folder("uploads"))
+            uploads = Uploads(self._side_folder("uploads"))
+            uploads.clean_stale()
+            self.models = ModelService(self.core, uploads)
             self.sandbox.start()
-            if self.settings.llm != "none":
-                self.cycles = CycleRunner(self.image.db, self._generate_for_cycle, CyclePolicy(
-                    max_iterations=self.settings.max_iterations, approval=self.settings.approval,
-                    max_source_bytes=self.settings.max_source_bytes, verify_seconds=self.settings.method_budget),
-                    model_name=lambda: self.core.stats().get("model", self.settings.llm), sandbox=self.sandbox)
-                self.dispatcher.synthesize_missing = True
-            self.uploads.clean_stale()
+            self.cycles = CycleService(CycleRunner(self.image.db, self._generate_for_cycle, CyclePolicy(
+                max_iterations=self.settings.max_iterations, approval=self.settings.approval,
+                max_source_bytes=self.settings.max_source_bytes, verify_seconds=self.settings.method_budget),
+                model_name=lambda: self.core.stats().get("model", self.settings.llm), sandbox=self.sandbox),
+                wait_seconds=self.settings.cycle_wait_seconds)
+            self.dispatcher.synthesize_missing = self.settings.llm != "none"
             self.pool = WorkerPool(self.image.db, self.settings.workers)
             self.pool.start()
             self.bridge = Bridge(
@@ -153,11 +150,8 @@ class UVM:
             if self.on_ready is not None:
                 self.on_ready(self.bridge.bound_endpoint)
             threading.Thread(target=self.core.awaken, name="batos-awaken", daemon=True).start()
-            if self.cycles is not None:
-                threading.Thread(target=self._run_cycles, name="batos-cycles", daemon=True).start()
-                for cycle_id in self.cycles.unfinished():
-                    log.info("resuming cycle %s", cycle_id)
-                    self._cycle_queue.put(cycle_id)
+            if self.settings.llm != "none":
+                self.cycles.start()  # without a model, interrupted cycles wait for a UVM that has one
             await self._stopping.wait()
         finally:
             await self._shut_down(serve_task)
@@ -222,17 +216,15 @@ class UVM:
                         self.settings.drain_seconds)
 
     async def handle(self, request: Request, emit: Emit) -> dict[str, Any]:
-        """Serve one request; never raises (every failure becomes an error reply)."""
+        """Serve one request; never raises. BatOS's own failures carry their wire code; anything
+        else is ``internal``, logged with its traceback."""
         started = time.perf_counter()
         outcome = "ok"
         try:
             if self._stopping.is_set():
                 raise ProtocolError(Code.SHUTTING_DOWN, "the UVM is shutting down")
-            result = await self._perform(request, emit)
+            result = await self._perform(Context(request, emit))
             reply = protocol.ok_reply(request.id, result)
-        except ProtocolError as exc:
-            outcome = exc.code
-            reply = protocol.error_reply(request.id, exc.code, exc.message)
         except BatosError as exc:
             outcome = exc.code
             reply = protocol.error_reply(request.id, exc.code, str(exc))
@@ -248,178 +240,68 @@ class UVM:
         }})
         return reply
 
-    async def _perform(self, request: Request, emit: Emit) -> Any:
-        op, fields = request.op, request.fields
-        if op == "ping":
-            return {"pong": True, "version": __version__, "pid": os.getpid()}
-        if op == "stats":
-            return await self.pool.run(self.stats, writes=False)
-        if op == "pack":
-            await asyncio.to_thread(self.image.db.pack, days=fields.get("days", 0))
-            return {"packed": True, "size": self.image.db.getSize()}
-        if op in MODEL_OPS:
-            return await self._model_op(op, fields, emit)
-        if op in CYCLE_OPS:
-            return await self._cycle_op(op, fields)
-        operation = functools.partial(getattr(self.dispatcher, f"op_{op}"), fields=fields)
-        try:
-            result = await self.pool.run(
-                operation, writes=op in protocol.WRITING_OPS,
-                timeout=self.settings.method_budget + WORKER_GRACE_SECONDS,
-            )
-        except JobAbandoned:
-            raise ProtocolError(Code.TIMEOUT, "the request did not finish in time; nothing was written") from None
-        except ConflictRetriesExhausted as exc:
-            raise ProtocolError(Code.CONFLICT, str(exc)) from None
+    async def _perform(self, context: Context) -> Any:
+        """Route the request to the service protocol.OPS names for its op."""
+        op = context.request.op
+        service = {"kernel": self, "image": self, "cycles": self.cycles, "models": self.models}[protocol.OPS[op].service]
+        return await getattr(service, f"op_{op}")(context.request.fields, context)
+
+    # --- the kernel's own ops -------------------------------------------------------------------
+
+    async def op_ping(self, fields: dict, context: Context) -> dict:
+        return {"pong": True, "version": __version__, "pid": os.getpid()}
+
+    async def op_stats(self, fields: dict, context: Context) -> dict:
+        return await self.pool.run(self.stats, writes=False)
+
+    async def op_pack(self, fields: dict, context: Context) -> dict:
+        await asyncio.to_thread(self.image.db.pack, days=fields.get("days", 0))
+        return {"packed": True, "size": self.image.db.getSize()}
+
+    # --- the image: dispatch in a worker's transaction ------------------------------------------
+
+    async def _image_op(self, fields: dict, context: Context) -> Any:
+        request = context.request
+        operation = functools.partial(getattr(self.dispatcher, f"op_{request.op}"), fields=fields)
+        result = await self.pool.run(operation, writes=request.op in protocol.WRITING_OPS,
+                                     timeout=self.settings.method_budget + WORKER_GRACE_SECONDS)
         if isinstance(result, ServiceCall) and result.service == SYNTHESIZE:
-            return await self._synthesize(request, result, emit)
+            return await self._synthesize(result, context)
         if isinstance(result, ServiceCall):
-            return await self._serve(result, emit)
+            if result.service != services.INFER:
+                raise ProtocolError(Code.NOT_UNDERSTOOD, f"no service {result.service!r} in this UVM")
+            return await self.models.infer(result.args, result.kwargs, context)
         return result
 
-    # --- cognitive cycles ------------------------------------------------------------------------
+    op_describe = op_get = op_set = op_send = op_define = op_methods = op_method_rollback = _image_op
+
+    async def _synthesize(self, call: ServiceCall, context: Context) -> Any:
+        """A message nothing understands: start (or join) a cycle, wait for it, then answer."""
+        request = context.request
+        selector, *args = call.args
+        options = call.options or {}
+        found = await self.cycles.missing_method(
+            call.receiver, selector, args, call.kwargs, options.get("intent"), options.get("examples"),
+            options.get("wait", True), functools.partial(self.cycle_starts.allow, request.peer), context.emit)
+        if found["state"] == "queued":
+            return {"cycle": found["id"], "state": "queued"}
+        if found["state"] == "FAILED":
+            raise ProtocolError(Code.SYNTHESIS_FAILED, f"cycle {found['id']}: {found['reason']}")
+        if found["state"] == "AWAITING_APPROVAL":
+            raise ProtocolError(Code.AWAITING_APPROVAL, f"cycle {found['id']} wrote {selector}; approve it with `batos cycles approve {found['id']}`")
+        fields = {k: v for k, v in request.fields.items() if k not in ("intent", "examples", "wait")}
+        return await self._image_op(fields, Context(Request(request.id, "send", fields, request.peer), context.emit))
+
+    # --- cognitive cycles -------------------------------------------------------------------------
 
     def _generate_for_cycle(self, messages, temperature: float = 0.0, seed: int | None = None) -> str:
         """The cycle runner's model call (its thread; no transaction open)."""
         try:
             self.core.wait_ready(MODEL_WAIT_SECONDS)
-        except (ModelUnavailable, TimeoutError) as exc:
+        except ModelUnavailable as exc:
             raise BackendError(str(exc), transient=False) from None
         return self.core.backend.generate(messages, max_new_tokens=self.core.settings.max_new_tokens,
                                           temperature=temperature, seed=seed).text
-
-    def _run_cycles(self) -> None:
-        while True:
-            cycle_id = self._cycle_queue.get()
-            try:
-                self.cycles.run(cycle_id)
-            except Exception as exc:
-                log.exception("cycle %s stopped with an error", cycle_id)
-                self.cycles.abandon(cycle_id, f"internal error: {type(exc).__name__}: {exc}")
-
-    async def _synthesize(self, request: Request, call: ServiceCall, emit: Emit) -> Any:
-        """A message nothing understands: start (or join) a cycle, wait for it, then answer."""
-        selector, *args = call.args
-        options = call.options or {}
-        may_start = functools.partial(self.cycle_starts.allow, request.peer)
-        cycle_id = await asyncio.to_thread(self.cycles.start_or_join, call.receiver, selector, args, call.kwargs,
-                                           options.get("intent"), options.get("examples"), may_start)
-        done = self.cycles.waiter(cycle_id)
-        self._cycle_queue.put(cycle_id)
-        if not options.get("wait", True):
-            return {"cycle": cycle_id, "state": "queued"}
-        loop = asyncio.get_running_loop()
-
-        def forward(changed: str, state: str) -> None:
-            if changed == cycle_id:
-                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(emit({"cycle": cycle_id, "state": state})))
-
-        self.cycles.add_listener(forward)
-        try:
-            await emit({"cycle": cycle_id, "state": "started"})
-            await asyncio.to_thread(done.wait)
-        finally:
-            self.cycles.remove_listener(forward)
-        found = await asyncio.to_thread(self.cycles.read, lambda root: summary(root["active_cycles"][cycle_id]))
-        if found["state"] == "FAILED":
-            raise ProtocolError(Code.SYNTHESIS_FAILED, f"cycle {cycle_id}: {found['reason']}")
-        if found["state"] == "AWAITING_APPROVAL":
-            raise ProtocolError(Code.AWAITING_APPROVAL, f"cycle {cycle_id} wrote {selector}; approve it with `batos cycles approve {cycle_id}`")
-        fields = {k: v for k, v in request.fields.items() if k not in ("intent", "examples", "wait")}
-        return await self._perform(Request(request.id, "send", fields), emit)
-
-    async def _cycle_op(self, op: str, fields: dict) -> Any:
-        if op in ("methods", "method_rollback"):
-            operation = functools.partial(getattr(self.dispatcher, f"op_{op}"), fields=fields)
-            return await self.pool.run(operation, writes=op in protocol.WRITING_OPS)
-        if self.cycles is None:
-            raise ProtocolError(Code.MODEL_UNAVAILABLE, "this UVM runs without a language model, so without cycles")
-        if op == "cycles_prune":
-            if fields.get("days", 0) < 0:
-                raise ProtocolError(Code.BAD_REQUEST, "days must not be negative")
-            pruned = await asyncio.to_thread(self.cycles.prune, fields.get("days", 0) * 86400)
-            return {"pruned": pruned}
-        if op == "cycles_list":
-            def listing(root):
-                cycles = [summary(c) for c in (root.get("active_cycles") or {}).values()]
-                return sorted((c for c in cycles if fields.get("all", True) or c["state"] not in ("COMPLETE", "FAILED")),
-                              key=lambda c: c["created"])
-            return await asyncio.to_thread(self.cycles.read, listing)
-
-        def find(root):
-            cycle = (root.get("active_cycles") or {}).get(fields["cycle"])
-            if cycle is None:
-                raise ProtocolError(Code.NOT_FOUND, f"no cycle {fields['cycle']}")
-            return summary(cycle, detail=True)
-
-        if op == "cycle_show":
-            return await asyncio.to_thread(self.cycles.read, find)
-        await asyncio.to_thread(self.cycles.read, find)
-        try:
-            state = await asyncio.to_thread(self.cycles.decide, fields["cycle"], fields["approve"], fields.get("digest"))
-        except ValueError as exc:
-            raise ProtocolError(Code.BAD_REQUEST, str(exc)) from None
-        return {"cycle": fields["cycle"], "state": state}
-
-    async def _serve(self, call: ServiceCall, emit: Emit) -> Any:
-        """Run a service primitive outside any transaction (progress of a model still loading
-        goes to the caller as events)."""
-        if call.service != services.INFER:
-            raise ProtocolError(Code.NOT_UNDERSTOOD, f"no service {call.service!r} in this UVM")
-        try:
-            with self._forwarding_events(emit):
-                generation = await asyncio.to_thread(self.core.generate, *call.args, timeout=MODEL_WAIT_SECONDS, **call.kwargs)
-        except TypeError as exc:
-            raise ProtocolError(Code.BAD_REQUEST, f"infer_: {exc}") from None
-        except (ModelUnavailable, TimeoutError) as exc:
-            raise ProtocolError(Code.MODEL_UNAVAILABLE, str(exc)) from None
-        except BackendError as exc:
-            kind = "transient" if exc.transient else "permanent"
-            raise ProtocolError(Code.BACKEND_ERROR, f"{exc} ({kind})") from None
-        return generation.text
-
-    async def _model_op(self, op: str, fields: dict, emit: Emit) -> Any:
-        """Model and expert management: blocking work in a thread, progress as events."""
-        if op == "upload":
-            size = await asyncio.to_thread(self.uploads.append, fields["upload_id"], fields["offset"], fields["data"])
-            return {"upload_id": fields["upload_id"], "size": size}
-        if op == "model_list":
-            return await asyncio.to_thread(self.core.list_models)
-        upload = fields.get("upload_id")
-        try:
-            with self._forwarding_events(emit):
-                if op == "model_use":
-                    return await asyncio.to_thread(self.core.use_model, fields["name"])
-                if op == "expert_import":
-                    names = await asyncio.to_thread(self.core.import_experts, self.uploads.finished(upload), fields.get("name"))
-                    return {"imported": names}
-                if not (upload or fields.get("hub_id")) or (upload and fields.get("hub_id")):
-                    raise ProtocolError(Code.BAD_REQUEST, "model_import takes exactly one of upload_id and hub_id")
-                source = self.uploads.finished(upload) if upload else fields["hub_id"]
-                return await asyncio.to_thread(self.core.import_model, source, fields.get("name"), not upload)
-        except KeyError as exc:
-            raise ProtocolError(Code.NOT_FOUND, str(exc.args[0] if exc.args else exc)) from None
-        except ModelUnavailable as exc:
-            raise ProtocolError(Code.MODEL_UNAVAILABLE, str(exc)) from None
-        except (ValueError, OSError) as exc:
-            raise ProtocolError(Code.IMPORT_FAILED, f"{type(exc).__name__}: {exc}; nothing was imported") from None
-        finally:
-            if upload and op != "upload":
-                self.uploads.discard(upload)
-
-    @contextlib.contextmanager
-    def _forwarding_events(self, emit: Emit):
-        """While inside, the core's state and progress reach this request's client as events."""
-        loop = asyncio.get_running_loop()
-
-        def forward(event: dict) -> None:
-            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(emit(event)))
-
-        self.core.add_listener(forward)
-        try:
-            yield
-        finally:
-            self.core.remove_listener(forward)
 
     def _side_folder(self, kind: str) -> str:
         """``IMAGE.fs.KIND/`` beside a file image; a temporary folder for other storages."""

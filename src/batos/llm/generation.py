@@ -5,15 +5,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from batos.errors import BatosError
+
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
 
-class BackendError(RuntimeError):
+class BackendError(BatosError):
     """A generation that did not happen; ``transient`` means retrying may succeed."""
+
+    code = "backend_error"
 
     def __init__(self, message: str, transient: bool):
         self.transient = transient
-        super().__init__(message)
+        super().__init__(f"{message} ({'transient' if transient else 'permanent'})")
 
 
 class ConfigurationError(ValueError):
