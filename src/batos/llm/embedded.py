@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from zope.interface import implementer
+
 from batos.llm.experts import ColdExpert, ExpertTiers
 from batos.llm.generation import BackendError, Generation, Message
+from batos.llm.interfaces import IBackend
 from batos.llm.quantization import quantization_config
 from batos.llm.settings import LLMSettings
 
@@ -50,6 +53,7 @@ def load_model(folder: str | Path, settings: LLMSettings):
     return model.eval(), tokenizer
 
 
+@implementer(IBackend)
 class EmbeddedBackend:
     """A local model plus its experts (see module docstring)."""
 

@@ -15,10 +15,14 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from zope.interface import implementer
+
 from batos.llm.generation import BackendError, ConfigurationError, Generation, Message
+from batos.llm.interfaces import IBackend
 from batos.llm.settings import LLMSettings
 
 
+@implementer(IBackend)
 class OpenAIBackend:
     """Chat completions over HTTP (see module docstring)."""
 
