@@ -48,3 +48,41 @@ def test_uvm_refuses_bad_llm_configuration_at_start_touching_nothing(tmp_path, e
     assert srv.process.wait(60) == 2
     assert "BATOS_" in srv.process.stderr.read()
     assert not (tmp_path / "img.fs").exists()
+
+
+CONVERT_ONCE = """
+import logging, sys, time
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+import batos.llm.default_model as d
+
+def assemble(destination, progress=None):
+    destination.write_bytes(b"gguf")
+    return destination
+
+def convert(gguf, destination, dtype, progress=None):
+    time.sleep(1.5)  # long enough for the other process to arrive and wait
+    destination.mkdir()
+    (destination / "batos_source.json").write_text("{}")
+    return destination
+
+d.assemble_gguf, d.convert_gguf = assemble, convert
+print(d.default_model_folder(sys.argv[1], "bfloat16"))
+"""
+
+
+def test_one_process_converts_the_default_model_while_the_others_wait(tmp_path):
+    """Two processes starting on an empty cache: one conversion, one folder, no leftovers."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ".convert-left-by-a-killed-process").mkdir()
+    runs = [subprocess.Popen([sys.executable, "-c", CONVERT_ONCE, str(cache)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=60) for run in runs]
+    assert all(run.returncode == 0 for run in runs), outputs
+    assert len({out.strip() for out, _ in outputs}) == 1
+    assert sum("default model converted" in err for _, err in outputs) == 1
+    assert [p.name for p in cache.iterdir() if p.name.startswith(".convert-")] == []

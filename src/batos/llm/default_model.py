@@ -7,6 +7,7 @@ safetensors) in a cache, from which it is imported into each image. Nothing is d
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import json
@@ -104,21 +105,47 @@ def convert_gguf(gguf: Path, destination: Path, dtype: str, progress: Progress |
 def default_model_folder(cache: str | os.PathLike, dtype: str, progress: Progress | None = None) -> Path:
     """The converted default model in ``cache``, made on first use.
 
-    A conversion that dies half-way leaves only a temporary folder, never a partial cache entry.
+    One process converts while the others wait for it (a file lock in the cache); the conversion
+    happens in a temporary ``.convert-*`` folder that is always removed, and folders left by a
+    process that was killed mid-conversion are removed by the next one to hold the lock. A
+    conversion that dies half-way never leaves a partial cache entry.
     """
     cache = Path(cache)
     final = cache / f"{DEFAULT_MODEL_NAME}-{dtype}"
-    if (final / "batos_source.json").exists():
-        return final
     cache.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache))
+    with open(cache / ".convert.lock", "a+b") as lock:
+        if (final / "batos_source.json").exists():
+            if _try_lock(lock):  # nobody is converting: tidy up after any that died
+                _remove_leftovers(cache)
+            return final
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # wait for whoever is converting
+        if (final / "batos_source.json").exists():
+            return final
+        _remove_leftovers(cache)
+        work = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache))
+        try:
+            gguf = assemble_gguf(work / GGUF_NAME, progress)
+            convert_gguf(gguf, work / "model", dtype, progress)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(work / "model", final)
+            log.info("default model converted into %s", final)
+            return final
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _try_lock(lock) -> bool:
     try:
-        gguf = assemble_gguf(work / GGUF_NAME, progress)
-        convert_gguf(gguf, work / "model", dtype, progress)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(work / "model", final)
-        log.info("default model converted into %s", final)
-        return final
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _remove_leftovers(cache: Path) -> None:
+    """Remove conversion folders of processes that died (call only while holding the lock)."""
+    for leftover in cache.glob(".convert-*"):
+        if leftover.is_dir():
+            log.info("removing %s, left by an interrupted conversion", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)

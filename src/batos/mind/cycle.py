@@ -15,7 +15,27 @@ committed transaction, and the model is called with no transaction open. The loo
 
 Transient backend failures are retried with exponential backoff and jitter and do not count as
 iterations; they too are capped. After a crash, every cycle not finished resumes from its last
-committed state; install and COMPLETE share a transaction, so a method is installed once.
+committed state; install and COMPLETE share a transaction, so a method is installed once. Every
+transaction goes through batos.image.transactions, so a write conflict is retried, not a failure.
+
+A cycle record (a kernel object: only the kernel changes it) has these slots:
+
+    cycle_id          12 hex digits, its key in ``active_cycles``
+    synthesis_state*  the PSM state prototype it is in
+    target, selector  the object that did not understand, and the message
+    args, kwargs      the original call
+    intent, examples  what the client said the method should do (examples may be empty)
+    iteration         1 .. max_iterations
+    attempts          one dict per model answer: iteration, prompt, answer (each at most 32 KiB),
+                      candidate, verdict, generation_seconds, validation_seconds, final_source
+                      (only when the Guardian's covenant repair changed the candidate)
+    transitions       [{"state", "at"}], every state entered, in order
+    created, updated  times (seconds since the epoch)
+    brief             the mission brief built in DECOMPOSING
+    persona, model    who wrote it (DELEGATING)
+    approved_source   the source that passed validation (what approval installs, by digest)
+    installed_version the version of the Method installed (COMPLETE)
+    reason            why it FAILED
 """
 
 from __future__ import annotations
