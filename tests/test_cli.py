@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from batos.cli import build_parser, decode_source, parse_arg
 
 from conftest import free_port, run_cli
 
-COMMANDS = ["run", "ping", "stats", "describe", "get", "set", "define", "send", "pack", "shell",
-            "doctor", "backup", "restore", "keys"]
+def commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and sub-command the parser knows, as argument tuples."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append((*prefix, name))
+                found += commands(sub, (*prefix, name))
+    return found
 
 
-def test_every_command_has_help():
+def test_every_command_has_help(capsys):
     top = run_cli("--help")
     assert top.returncode == 0
-    for command in COMMANDS:
-        assert command in top.stdout
-        done = run_cli(command, "--help")
-        assert done.returncode == 0 and "usage: batos " + command in done.stdout, command
+    every = commands(build_parser())
+    assert len(every) > 20
+    for command in every:
+        if len(command) == 1:
+            assert command[0] in top.stdout
+        with pytest.raises(SystemExit) as done:
+            build_parser().parse_args([*command, "--help"])
+        assert done.value.code == 0
+        assert "usage: batos " + " ".join(command) in capsys.readouterr().out, command
 
 
 def test_usage_errors_exit_2():

@@ -130,27 +130,19 @@ class SandboxPool:
         self._idle.put(worker)
 
     def checkout(self, timeout: float) -> SandboxProcess:
-        """An idle worker; starts one if fewer than ``size`` are alive. TimeoutError if none in time."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self._idle.get_nowait()
-            except queue.Empty:
-                pass
-            with self._lock:
-                grow = self._alive < self.size
-                if grow:
-                    self._alive += 1
+        """An idle worker, waiting at most ``timeout`` seconds (TimeoutError). Fewer than ``size``
+        alive: another is started in the background; the caller never waits for a start it did
+        not need."""
+        with self._lock:
+            grow = self._alive < self.size and self._idle.empty()
             if grow:
-                self._add()
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("every sandbox worker is busy")
-            try:
-                return self._idle.get(timeout=min(remaining, 0.5))
-            except queue.Empty:
-                continue
+                self._alive += 1
+        if grow:
+            threading.Thread(target=self._add, name="batos-sandbox-start", daemon=True).start()
+        try:
+            return self._idle.get(timeout=max(timeout, 0.001))
+        except queue.Empty:
+            raise TimeoutError("every sandbox worker is busy") from None
 
     def checkin(self, worker: SandboxProcess) -> None:
         worker.calls += 1
