@@ -185,3 +185,22 @@ def test_a_damaged_parent_slot_does_not_break_lookup():
     obj._slots["parent*"] = 7  # what an attack left in an image before parent* was checked
     assert obj.own == 1
     assert list(delegation_chain(obj)) == [obj]
+
+
+def test_a_slot_write_commits_one_record(image_path):
+    """The slots mapping records its own change; the object's record does not change with it."""
+    with opened_root(image_path) as root:
+        root["counter"] = UvmObject(count=0)
+    img = open_image(str(image_path))
+    try:
+        session = Session(img.db)
+        with session as root:
+            root["counter"].count = 1
+        last = img.db.lastTransaction()
+        records = [r for t in img.db.storage.iterator(last, last) for r in t]
+        assert len(records) == 1
+        with session as root:
+            assert root["counter"].count == 1
+        session.close()
+    finally:
+        img.close()

@@ -14,6 +14,14 @@ from conftest import Server, run_cli
 INCREMENT = "def increment(self):\n    self.counter = self.counter + 1\n    self._p_changed = True\n    return self.counter\n"
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for the tests that only read or are refused (they leave the image as it was)."""
+    srv = Server(tmp_path_factory.mktemp("shared") / "image.fs").start()
+    yield srv
+    srv.stop()
+
+
 def test_ops_round_trip(server):
     with server.client() as c:
         assert c.ping()["pong"] is True
@@ -61,8 +69,8 @@ def test_methods_receive_args_and_kwargs(server):
     (lambda c: c.call("get", target=5, slot="x"), "bad_request"),
     (lambda c: c.call("send", target="genesis_obj", selector="describe", args="notalist"), "bad_request"),
 ])
-def test_bad_requests_get_clear_codes_and_write_nothing(server, call, code):
-    with server.client() as c:
+def test_bad_requests_get_clear_codes_and_write_nothing(shared_server, call, code):
+    with shared_server.client() as c:
         before = c.stats()["last_transaction"]
         with pytest.raises(RemoteError) as caught:
             call(c)
@@ -82,8 +90,8 @@ def test_method_errors_are_reported_and_roll_back(server):
         assert c.get("genesis_obj", "counter") == 5
 
 
-def test_read_only_send_does_not_commit(server):
-    with server.client() as c:
+def test_read_only_send_does_not_commit(shared_server):
+    with shared_server.client() as c:
         c.define("genesis_obj", "def peek(self):\n    return self.name\n")
         before = c.stats()["last_transaction"]
         for _ in range(5):
@@ -157,7 +165,8 @@ def test_log_file_has_one_record_per_message(server):
     assert all({"id", "op", "target", "duration_ms", "outcome"} <= set(m) for m in messages)
 
 
-def test_async_client(server):
+def test_async_client(shared_server):
+    server = shared_server
     import asyncio
 
     async def main():

@@ -76,8 +76,7 @@ class UvmObject(persistent.Persistent):
         if name.startswith("_"):
             super().__setattr__(name, value)
             return
-        self._slots[name] = persistent_copy(value)
-        self._p_changed = True
+        self._slots[name] = persistent_copy(value)  # the mapping records the change: one record per write
 
     def __delattr__(self, name: str) -> None:
         if self._p_delattr(name):
@@ -89,7 +88,6 @@ class UvmObject(persistent.Persistent):
             del self._slots[name]
         except KeyError:
             raise AttributeError(f"{describe_short(self)} has no slot {name!r}") from None
-        self._p_changed = True
 
     def __repr__(self) -> str:
         return f"<UvmObject {describe_short(self)}>"

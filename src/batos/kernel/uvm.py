@@ -11,6 +11,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+
+import transaction
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -100,6 +102,7 @@ class UVM:
         self.core: CognitiveCore | None = None
         self.models: ModelService | None = None
         self.cycles: CycleService | None = None
+        self._reader: tuple[transaction.TransactionManager, Any] | None = None
         self.started_at = time.time()
         self.counts: Counter[str] = Counter()
         self.failure: BaseException | None = None
@@ -133,6 +136,8 @@ class UVM:
             self.dispatcher.synthesize_missing = self.settings.llm != "none"
             self.pool = WorkerPool(self.image.db, self.settings.workers)
             self.pool.start()
+            reader_manager = transaction.TransactionManager(explicit=True)
+            self._reader = (reader_manager, self.image.db.open(transaction_manager=reader_manager))
             self.bridge = Bridge(
                 self.settings.endpoint, self.handle,
                 max_message_size=self.settings.max_message_size,
@@ -197,6 +202,7 @@ class UVM:
             ("cycles", lambda: self.cycles and self.cycles.close()),
             ("sandbox", self.sandbox.close),
             ("language model", lambda: self.core and self.core.close()),
+            ("reader", lambda: self._reader and self._reader[1].close()),
             ("image", lambda: self.image and self.image.close()),
         ):
             try:
@@ -273,7 +279,23 @@ class UVM:
             return await self.models.infer(result.args, result.kwargs, context)
         return result
 
-    op_describe = op_get = op_set = op_send = op_define = op_methods = op_method_rollback = _image_op
+    op_set = op_send = op_define = op_methods = op_method_rollback = _image_op
+
+    async def op_get(self, fields: dict, context: Context) -> Any:
+        return self._read_here(functools.partial(self.dispatcher.op_get, fields=fields))
+
+    async def op_describe(self, fields: dict, context: Context) -> Any:
+        return self._read_here(functools.partial(self.dispatcher.op_describe, fields=fields))
+
+    def _read_here(self, read: Callable[[Any], Any]) -> Any:
+        """A read of the kernel's own (no method runs) on the event loop, in a read-only transaction
+        of a connection of its own: no hop to a worker thread and back for the commonest reads."""
+        manager, connection = self._reader
+        manager.begin()
+        try:
+            return read(connection.root())
+        finally:
+            manager.abort()
 
     async def _synthesize(self, call: ServiceCall, context: Context) -> Any:
         """A message nothing understands: start (or join) a cycle, wait for it, then answer."""

@@ -337,7 +337,6 @@ class CycleRunner:
             method = Method(selector, s["approved_source"], origin="synthesized", **provenance)
         method.model = s["model"] = self.model_name()  # by now the model that wrote it is loaded
         target._slots[selector] = method
-        target._p_changed = True
         s["installed_version"] = method.version
         self._move(root, cycle, "COMPLETE")
 

@@ -156,9 +156,7 @@ class CallHost:
             raise ValueError(f"a method may not write a slot named {name[:64]!r}")
         check_writable(target, name)
         if deleted:
-            if name in target._slots:
-                del target._slots[name]
-                target._p_changed = True
+            target._slots.pop(name, None)
             return
         size = len(wire.pack(value))
         if size > self.limits.max_slot_bytes:
