@@ -180,3 +180,23 @@ def test_a_client_that_waits_too_long_is_told_where_to_look(image_path, model_se
             assert caught.value.code == "timeout" and "cycles show" in caught.value.message
     finally:
         srv.stop()
+
+
+def test_a_failing_event_task_is_logged_and_stops_nothing(caplog):
+    from batos.tasks import spawn
+
+    async def main() -> set:
+        tasks: set = set()
+        stopped = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: stopped.append(context))
+
+        async def fails():
+            raise ConnectionError("the client went away")
+        spawn(tasks, fails(), "sending an event")
+        await asyncio.sleep(0.05)
+        return tasks, stopped
+
+    with caplog.at_level(logging.ERROR):
+        tasks, stopped = asyncio.run(main())
+    assert tasks == set() and stopped == []
+    assert "sending an event failed" in caplog.text
