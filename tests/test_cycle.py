@@ -127,11 +127,20 @@ def test_iteration_cap_ends_in_failed_and_leaves_the_target_untouched(image):
     runner.close()
 
 
-def test_a_repeated_candidate_stops_early(image):
+def test_a_repeated_candidate_is_not_validated_again_and_the_loop_goes_on(image):
     script = Script(WRONG, WRONG, GOOD)
     runner, cid = start(image, script)
+    assert runner.run(cid) == "COMPLETE" and script.calls == 3
+    verdicts = [a["verdict"] for a in cycle(runner, cid)["attempts"]]
+    assert verdicts[1].startswith("the same function as attempt 1") and verdicts[2] == "passed"
+    runner.close()
+
+
+def test_two_repeats_in_a_row_stop_early(image):
+    script = Script(WRONG, WRONG, WRONG, GOOD)
+    runner, cid = start(image, script)
     assert runner.run(cid) == "FAILED"
-    assert "repeated" in cycle(runner, cid)["slots"]["reason"] and script.calls == 2
+    assert "repeated" in cycle(runner, cid)["slots"]["reason"] and script.calls == 3
     runner.close()
 
 

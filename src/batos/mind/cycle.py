@@ -11,7 +11,12 @@ committed transaction, and the model is called with no transaction open. The loo
                             verification in a limited subprocess against the examples
          -> COMPLETE        method installed in the same transaction
             | AWAITING_APPROVAL (manual approval) | back to SYNTHESIZING with the failure as
-            feedback | FAILED (iteration cap, repeated candidate, permanent backend failure)
+            feedback | FAILED (iteration cap, two revisions in a row repeating rejected candidates,
+            permanent backend failure)
+
+The first attempt is greedy; each revision samples, hotter each time, with a seed of its own, so
+the revise loop explores instead of repeating itself. A candidate equal to one rejected before is
+not validated again; it counts as an iteration, and the iteration cap bounds the loop.
 
 Transient backend failures are retried with exponential backoff and jitter and do not count as
 iterations; they too are capped. After a crash, every cycle not finished resumes from its last
@@ -151,6 +156,12 @@ def mission_brief(target: UvmObject, selector: str, args: list, kwargs: dict, in
             "methods": sorted(set(methods)), "related_sources": related}
 
 
+def _repeats(attempts: list, index: int) -> bool:
+    """Whether attempt ``index`` brought back a candidate of an earlier attempt."""
+    candidate = attempts[index]["candidate"]
+    return candidate is not None and any(a["candidate"] == candidate for a in attempts[:index])
+
+
 def _brief_value(value: Any) -> Any:
     try:
         return to_plain(value, max_nodes=2000)
@@ -219,9 +230,10 @@ class CycleRunner:
         if is_facet(brief["selector"]):
             return self._write_facet(cycle_id, brief)
         messages = build_messages(brief, attempts)
+        options = sampling(iteration)
         started = time.perf_counter()
         try:
-            answer = self._generate_with_retries(messages, sampling(iteration))  # no transaction is open here
+            answer = self._generate_with_retries(messages, options)  # no transaction is open here
         except BackendError as exc:
             return self._fail(cycle_id, f"the language model failed: {exc}")
         seconds = time.perf_counter() - started
@@ -229,17 +241,20 @@ class CycleRunner:
         verdict = None if candidate else extraction_problem(answer, brief["selector"])
         if candidate and len(candidate.encode()) > self.policy.max_source_bytes:
             candidate, verdict = None, f"the function is over {self.policy.max_source_bytes} bytes; write a shorter one"
+        earlier = next((a for a in attempts if a["candidate"] == candidate), None) if candidate else None
+        if earlier is not None:  # rejected before: no need to validate it again
+            verdict = f"the same function as attempt {earlier['iteration']}, rejected then: {earlier['verdict']}"
 
         def record(root, cycle):
             cycle._slots["attempts"].append({
                 "iteration": cycle._slots["iteration"], "prompt": bounded(messages[-1]["content"]),
                 "answer": bounded(answer), "candidate": candidate, "verdict": verdict,
-                "generation_seconds": round(seconds, 3),
+                "temperature": options["temperature"], "generation_seconds": round(seconds, 3),
             })
-            if candidate:
+            if verdict is None:
                 self._move(root, cycle, "VALIDATING")
         self._change(cycle_id, record)
-        if not candidate:
+        if verdict is not None:
             self._revise_or_fail(cycle_id)
 
     def _write_facet(self, cycle_id: str, brief: dict) -> None:
@@ -303,9 +318,9 @@ class CycleRunner:
 
     def _revise_or_fail_step(self, root, cycle: UvmObject) -> None:
         attempts = cycle._slots["attempts"]
-        candidates = [a["candidate"] for a in attempts if a["candidate"]]
-        if len(candidates) >= 2 and candidates[-1] in candidates[:-1]:
-            return self._move(root, cycle, "FAILED", f"the model repeated an earlier candidate; last verdict: {attempts[-1]['verdict']}")
+        if len(attempts) >= 3 and all(_repeats(attempts, i) for i in (-1, -2)):
+            # even sampling brings back what was rejected: the model is stuck
+            return self._move(root, cycle, "FAILED", f"the model repeated earlier candidates twice in a row; last verdict: {attempts[-1]['verdict']}")
         if cycle._slots["iteration"] >= self.policy.max_iterations:
             return self._move(root, cycle, "FAILED", f"no valid method after {self.policy.max_iterations} iterations; last verdict: {attempts[-1]['verdict']}")
         cycle._slots["iteration"] += 1

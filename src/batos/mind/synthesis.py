@@ -84,11 +84,11 @@ def signature(brief: dict[str, Any]) -> str:
 
 
 def sampling(iteration: int) -> dict[str, Any]:
-    """Generation settings for an attempt: the first is greedy; each revision samples with a seed of
-    its own, so a revision is never the greedy repeat of the attempt before it."""
+    """Generation settings for an attempt: the first is greedy; each revision samples, hotter each
+    time, with a seed of its own, so a revision is never the greedy repeat of the one before."""
     if iteration <= 1:
         return {"temperature": 0.0, "seed": None}
-    return {"temperature": min(0.3 + 0.2 * (iteration - 2), 0.9), "seed": 1000 + iteration}
+    return {"temperature": min(0.7 + 0.15 * (iteration - 2), 1.0), "seed": 1000 + iteration}
 
 
 def extraction_problem(answer: str, selector: str) -> str:
