@@ -15,6 +15,7 @@ from batos.image.interfaces import IImage
 from batos.image.objects import PARENT_SLOT, Method, UvmObject
 from batos.image.protection import PLLM_KERNEL_SLOTS, mark_kernel
 from batos.image.storage import ImageError, normalize_uri, open_database
+from batos.image.transactions import run_in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +137,16 @@ def prepare(db: ZODB.DB) -> str:
     """Run genesis or migrations as needed, each in one committed transaction: what was done."""
     manager = transaction.TransactionManager(explicit=True)
     conn = db.open(transaction_manager=manager)
+
+    def prepare_root() -> str:
+        root = conn.root()
+        if SCHEMA_KEY not in root:
+            genesis(root)
+            return "genesis"
+        migrated = migrate(root)
+        return f"migrated from {migrated}" if migrated else "resumed"
     try:
-        with manager:
-            root = conn.root()
-            if SCHEMA_KEY not in root:
-                genesis(root)
-                outcome = "genesis"
-            else:
-                migrated = migrate(root)
-                outcome = f"migrated from {migrated}" if migrated else "resumed"
-        return outcome
+        return run_in_transaction(manager, prepare_root)
     finally:
         conn.close()
 
