@@ -113,7 +113,7 @@ def extract_function(answer: str, selector: str) -> str | None:
     Looks in fenced blocks first, then the whole answer; accepts the function at the top level or
     as a method of a class (dedented).
     """
-    for block in [*FENCE.findall(answer), answer]:
+    for block in [*FENCE.findall(answer), answer, _without_open_fence(answer)]:
         try:
             tree = ast.parse(textwrap.dedent(block))
         except SyntaxError:
@@ -122,3 +122,11 @@ def extract_function(answer: str, selector: str) -> str | None:
             if isinstance(node, ast.FunctionDef) and node.name == selector:
                 return ast.unparse(node) + "\n"
     return None
+
+
+def _without_open_fence(answer: str) -> str:
+    """An answer that opens a code fence and never closes it (cut off, or sloppy): its code."""
+    stripped = answer.strip()
+    if stripped.startswith("```") and stripped.count("```") == 1:
+        return stripped.split("\n", 1)[1] if "\n" in stripped else ""
+    return stripped

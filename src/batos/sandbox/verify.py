@@ -51,10 +51,13 @@ def stand_in(slots: dict[str, Any], oid: str | None) -> UvmObject:
     return receiver
 
 
-def call_text(selector: str, args: list, kwargs: dict, slots: dict | None) -> str:
-    """The example as a call a reader (or a model) recognises: ``add(5, by=2)`` on given slots."""
+def call_text(selector: str, args: list, kwargs: dict, slots: dict | None, limit: int = 300) -> str:
+    """The example as a call a reader (or a model) recognises: ``add(5, by=2)`` on an object whose
+    slots were ... (shortened to ``limit`` characters)."""
     inside = ", ".join([*(repr(a) for a in args), *(f"{k}={v!r}" for k, v in kwargs.items())])
-    where = f" with slots {slots!r}" if slots else ""
+    shown = repr({k: v for k, v in (slots or {}).items() if k not in ("name", "description")})
+    shown = shown if len(shown) <= limit else shown[:limit] + "...}"
+    where = f" on an object whose slots were {shown}" if slots else ""
     return f"{selector}({inside}){where}"
 
 
@@ -72,9 +75,10 @@ def verify(source: str, selector: str, slots: dict[str, Any], examples: list[dic
     pool = pool or default_pool()
     results: list[dict[str, Any]] = []
     for number, example in enumerate(examples or [{}], start=1):
-        receiver = stand_in({**slots, **(example.get("slots") or {})}, oid)
+        before = {**slots, **(example.get("slots") or {})}
+        receiver = stand_in(before, oid)
         args, kwargs = list(example.get("args") or []), dict(example.get("kwargs") or {})
-        call = call_text(selector, args, kwargs, example.get("slots"))
+        call = call_text(selector, args, kwargs, before)
         try:
             result = run_method(pool, selector, source, receiver, args, kwargs, seconds)
         except MethodTimeout:
