@@ -211,3 +211,43 @@ def plain_model_folder(model_cache) -> Path:
 
 def llm_env(model_cache: Path, **extra: str) -> dict[str, str]:
     return {"BATOS_LLM": "embedded", "BATOS_MODEL_CACHE": str(model_cache), **extra}
+
+
+# --- a scripted (test-only) OpenAI-compatible model server, for cycles through a real UVM --------
+
+ADD = "def add_to_total(self, n):\n    self.total = self.total + n\n    self._p_changed = True\n    return self.total\n"
+EXAMPLE = {"slots": {"total": 10}, "args": [5], "result": 15}
+
+
+class ScriptedModel(JsonHandler):
+    answers: list[str] = []
+    requests: list[dict] = []
+    delay = 0.0
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ScriptedModel.requests.append(body)
+        time.sleep(ScriptedModel.delay)
+        text = ScriptedModel.answers.pop(0) if len(ScriptedModel.answers) > 1 else ScriptedModel.answers[0]
+        self.answer(200, {"choices": [{"message": {"content": f"```python\n{text}```"}}]})
+
+
+@pytest.fixture
+def model_server():
+    """A scripted model answering ADD (or ScriptedModel.answers, in order); its base URL."""
+    ScriptedModel.answers, ScriptedModel.requests, ScriptedModel.delay = [ADD], [], 0.0
+    with serve_http(ScriptedModel) as url:
+        yield url
+
+
+def uvm(image_path, url, endpoint=None, **env):
+    return Server(image_path, endpoint=endpoint, env={"BATOS_LLM": "openai", "BATOS_OPENAI_BASE_URL": url,
+                                                      "BATOS_OPENAI_MODEL": "scripted", **env})
+
+
+def make_counter(image_path):
+    with opened_root(image_path) as root:
+        counter = root["genesis_obj"].clone()
+        counter.name = "counter"
+        counter.total = 10
+        root["counter_obj"] = counter

@@ -10,43 +10,7 @@ import pytest
 
 from batos.client import RemoteError
 
-from conftest import JsonHandler, Server, opened_root, run_cli, serve_http
-
-ADD = "def add_to_total(self, n):\n    self.total = self.total + n\n    self._p_changed = True\n    return self.total\n"
-EXAMPLE = {"slots": {"total": 10}, "args": [5], "result": 15}
-
-
-class ScriptedModel(JsonHandler):
-    answers: list[str] = []
-    requests: list[dict] = []
-    delay = 0.0
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        ScriptedModel.requests.append(body)
-        time.sleep(ScriptedModel.delay)
-        text = ScriptedModel.answers.pop(0) if len(ScriptedModel.answers) > 1 else ScriptedModel.answers[0]
-        self.answer(200, {"choices": [{"message": {"content": f"```python\n{text}```"}}]})
-
-
-@pytest.fixture
-def model_server():
-    ScriptedModel.answers, ScriptedModel.requests, ScriptedModel.delay = [ADD], [], 0.0
-    with serve_http(ScriptedModel) as url:
-        yield url
-
-
-def uvm(image_path, url, endpoint=None, **env):
-    return Server(image_path, endpoint=endpoint, env={"BATOS_LLM": "openai", "BATOS_OPENAI_BASE_URL": url,
-                                                      "BATOS_OPENAI_MODEL": "scripted", **env})
-
-
-def make_counter(image_path):
-    with opened_root(image_path) as root:
-        counter = root["genesis_obj"].clone()
-        counter.name = "counter"
-        counter.total = 10
-        root["counter_obj"] = counter
+from conftest import EXAMPLE, ScriptedModel, make_counter, run_cli, uvm
 
 
 def test_missing_method_is_written_installed_and_answered(image_path, model_server):

@@ -12,8 +12,7 @@ import pytest
 from batos.client import RemoteError
 from batos.image.blobs import adapter_record
 
-from conftest import opened_root, run_cli
-from test_generative_kernel import ADD, EXAMPLE, ScriptedModel, make_counter, model_server, uvm  # noqa: F401
+from conftest import ADD, EXAMPLE, ScriptedModel, Server, make_counter, opened_root, run_cli, uvm
 
 
 def test_a_cycle_awaiting_approval_cannot_be_edited_and_approval_names_what_was_shown(image_path, model_server):
@@ -84,8 +83,6 @@ def test_a_huge_model_answer_is_stored_once_and_bounded(image_path, model_server
 
 
 def test_a_small_archive_that_unpacks_huge_is_refused_and_leaves_nothing(image_path):
-    from conftest import Server
-
     bomb = image_path.parent / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("adapter/adapter_config.json", json.dumps({"peft_type": "LORA"}))
@@ -165,8 +162,6 @@ def test_doctor_finds_a_cycle_in_a_state_that_does_not_exist(image_path):
 def test_a_stored_value_that_shares_its_halves_cannot_pin_the_server(image_path):
     """Finding 5: such a value, stored before the limits existed, survives restarts; showing it
     must be refused at once, not walked 2**40 times."""
-    from conftest import Server
-
     value: list = [1]
     for _ in range(40):
         value = [value, value]

@@ -26,9 +26,8 @@ from batos.mind.cycle import CyclePolicy, CycleRunner
 from batos.mind.cycle_service import CycleService
 from batos.mind.interfaces import ICycleService
 
-from conftest import opened_root
+from conftest import EXAMPLE, ScriptedModel, make_counter, opened_root, uvm
 from test_cycle import GOOD, Script
-from test_generative_kernel import EXAMPLE, ScriptedModel, make_counter, model_server, uvm  # noqa: F401
 
 
 def test_every_op_is_served_by_the_service_the_table_names():
