@@ -150,6 +150,10 @@ def brief_for(item: dict, oid: str = "0x99") -> dict:
             "methods": ["clone", "describe", "oid", "slot_names"], "related_sources": []}
 
 
+def answers(generation) -> list[str]:
+    return [generation.text, *generation.alternatives]
+
+
 def single_shot(backend: EmbeddedBackend, item: dict) -> tuple[bool, float]:
     started = time.perf_counter()
     answer = backend.generate(build_messages(brief_for(item), []), max_new_tokens=256).text
@@ -178,7 +182,7 @@ def with_cycle(backend: EmbeddedBackend, item: dict, workdir: Path, number: int)
         with manager:
             target = oid_text(conn.root()["subject_obj"])
         conn.close()
-        runner = CycleRunner(img.db, lambda messages, **options: backend.generate(messages, max_new_tokens=256, **options).text,
+        runner = CycleRunner(img.db, lambda messages, **options: answers(backend.generate(messages, max_new_tokens=256, **options)),
                              CyclePolicy(max_iterations=5), model_name=lambda: backend.name)
         first = item["examples"][0]
         started = time.perf_counter()

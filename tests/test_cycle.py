@@ -302,3 +302,14 @@ def test_a_failing_example_is_shown_as_a_call_with_expected_and_actual(image):
     feedback = script.prompts[1][-1]["content"]
     assert "add_to_total(5)" in feedback and "returned 5" in feedback and "expected 15" in feedback
     runner.close()
+
+
+def test_a_revision_samples_several_candidates_and_installs_the_first_that_passes(image):
+    script = Script(WRONG, [WRONG, UNSAFE, GOOD, GOOD])
+    runner, cid = start(image, script)
+    assert runner.run(cid) == "COMPLETE" and script.calls == 2
+    assert script.options[1]["samples"] >= 3 and script.options[1]["temperature"] > 0
+    second = cycle(runner, cid)["attempts"][1]
+    assert second["candidates_checked"] == 2  # the repeat of WRONG was skipped, UNSAFE failed, GOOD passed
+    assert "self.total + n" in second["final_source"] and cycle(runner, cid)["method"].version == 1
+    runner.close()

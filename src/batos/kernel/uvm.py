@@ -316,14 +316,16 @@ class UVM:
 
     # --- cognitive cycles -------------------------------------------------------------------------
 
-    def _generate_for_cycle(self, messages, temperature: float = 0.0, seed: int | None = None) -> str:
-        """The cycle runner's model call (its thread; no transaction open)."""
+    def _generate_for_cycle(self, messages, temperature: float = 0.0, seed: int | None = None,
+                            samples: int = 1) -> list[str]:
+        """The cycle runner's model call (its thread; no transaction open): the answer(s)."""
         try:
             self.core.wait_ready(MODEL_WAIT_SECONDS)
         except ModelUnavailable as exc:
             raise BackendError(str(exc), transient=False) from None
-        return self.core.backend.generate(messages, max_new_tokens=self.core.settings.max_new_tokens,
-                                          temperature=temperature, seed=seed).text
+        generation = self.core.backend.generate(messages, max_new_tokens=self.core.settings.max_new_tokens,
+                                                temperature=temperature, seed=seed, samples=samples)
+        return [generation.text, *generation.alternatives]
 
     def _side_folder(self, kind: str) -> str:
         """``IMAGE.fs.KIND/`` beside a file image; a temporary folder for other storages."""

@@ -114,14 +114,15 @@ class EmbeddedBackend:
             torch.cuda.empty_cache()
 
     def generate(self, messages: list[Message], expert: str | None = None, max_new_tokens: int = 256,
-                 stop: list[str] | None = None, temperature: float = 0.0, seed: int | None = None) -> Generation:
+                 stop: list[str] | None = None, temperature: float = 0.0, seed: int | None = None,
+                 samples: int = 1) -> Generation:
         """See IBackend.generate."""
         self.waiting += 1
         with self._lock:
             self.waiting -= 1
-            return self._generate(messages, expert, max_new_tokens, stop, temperature, seed)
+            return self._generate(messages, expert, max_new_tokens, stop, temperature, seed, samples)
 
-    def _generate(self, messages, expert, max_new_tokens, stop, temperature, seed) -> Generation:
+    def _generate(self, messages, expert, max_new_tokens, stop, temperature, seed, samples=1) -> Generation:
         import contextlib
 
         import torch
@@ -138,7 +139,7 @@ class EmbeddedBackend:
         inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.eos_token_id}
         if temperature > 0:
-            options.update(do_sample=True, temperature=temperature)
+            options.update(do_sample=True, temperature=temperature, num_return_sequences=max(1, samples))
         else:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if stop:
@@ -150,13 +151,17 @@ class EmbeddedBackend:
         with torch.inference_mode(), context:
             output = runner.generate(**inputs, **options)
         prompt_tokens = inputs["input_ids"].shape[1]
-        new_tokens = output[0][prompt_tokens:]
-        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
-        for marker in stop or ():
-            if marker in text:
-                text = text[:text.index(marker)]
+        texts = []
+        for sequence in output:
+            text = self.tokenizer.decode(sequence[prompt_tokens:], skip_special_tokens=True)
+            for marker in stop or ():
+                if marker in text:
+                    text = text[:text.index(marker)]
+            texts.append(text)
         self.generations += 1
-        return Generation(text, prompt_tokens, int(new_tokens.shape[0]), time.perf_counter() - started, self.name, expert)
+        completion = int(output[0][prompt_tokens:].shape[0])
+        return Generation(texts[0], prompt_tokens, completion, time.perf_counter() - started, self.name, expert,
+                          tuple(texts[1:]))
 
     def logits(self, text: str):
         """The model's logits for ``text`` (for checks that two loads are the same model)."""

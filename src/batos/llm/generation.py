@@ -32,6 +32,7 @@ class Generation:
     seconds: float
     model: str
     expert: str | None = None
+    alternatives: tuple[str, ...] = ()  # further answers sampled in the same call (``samples`` > 1)
 
     @property
     def tokens_per_second(self) -> float:

@@ -16,8 +16,10 @@ class IBackend(Interface):
     name = Attribute("a short description of the loaded model")
     waiting = Attribute("number of calls queued behind the one running")
 
-    def generate(messages, expert=None, max_new_tokens=256, stop=None, temperature=0.0, seed=None):
-        """Return a Generation: the text plus token counts and timings."""
+    def generate(messages, expert=None, max_new_tokens=256, stop=None, temperature=0.0, seed=None, samples=1):
+        """Return a Generation: the text plus token counts and timings. With ``samples`` > 1 and a
+        temperature above 0, that many answers are sampled in one batched call: the first is the
+        text, the others are ``alternatives``."""
 
     def stats():
         """Plain data describing the backend: model, devices, experts and their tiers."""

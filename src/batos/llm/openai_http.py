@@ -42,7 +42,8 @@ class OpenAIBackend:
         self.expert_prompts[name] = system_prompt
 
     def generate(self, messages: list[Message], expert: str | None = None, max_new_tokens: int = 256,
-                 stop: list[str] | None = None, temperature: float = 0.0, seed: int | None = None) -> Generation:
+                 stop: list[str] | None = None, temperature: float = 0.0, seed: int | None = None,
+                 samples: int = 1) -> Generation:
         """See IBackend.generate."""
         if expert is not None:
             if expert not in self.expert_prompts:
@@ -55,19 +56,22 @@ class OpenAIBackend:
             body["stop"] = list(stop)
         if seed is not None:
             body["seed"] = seed
+        if samples > 1 and temperature > 0:
+            body["n"] = samples
         self.waiting += 1
         with self._lock:
             self.waiting -= 1
             started = time.perf_counter()
             answer = self._post("/chat/completions", body)
         try:
-            text = answer["choices"][0]["message"]["content"] or ""
+            texts = [choice["message"]["content"] or "" for choice in answer["choices"]]
+            text = texts[0]
             usage = answer.get("usage") or {}
         except (KeyError, IndexError, TypeError):
             raise BackendError(f"the server's answer has no choices[0].message.content: {str(answer)[:200]}", transient=False) from None
         self.generations += 1
         return Generation(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)),
-                          time.perf_counter() - started, self.settings.openai_model, expert)
+                          time.perf_counter() - started, self.settings.openai_model, expert, tuple(texts[1:]))
 
     def _post(self, path: str, body: dict) -> dict:
         request = urllib.request.Request(

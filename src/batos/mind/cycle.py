@@ -14,9 +14,11 @@ committed transaction, and the model is called with no transaction open. The loo
             feedback | FAILED (iteration cap, two revisions in a row repeating rejected candidates,
             permanent backend failure)
 
-The first attempt is greedy; each revision samples, hotter each time, with a seed of its own, so
-the revise loop explores instead of repeating itself. A candidate equal to one rejected before is
-not validated again; it counts as an iteration, and the iteration cap bounds the loop.
+The first attempt is greedy; each revision samples several answers in one batched call (hotter
+each time, with a seed of its own), so the revise loop explores instead of repeating itself; its
+candidates are validated in turn and the first that passes is installed. A candidate equal to one
+rejected before is not validated again; an attempt that brings nothing new counts as an iteration,
+and the iteration cap bounds the loop.
 
 Transient backend failures are retried with exponential backoff and jitter and do not count as
 iterations; they too are capped. After a crash, every cycle not finished resumes from its last
@@ -76,7 +78,7 @@ log = logging.getLogger(__name__)
 FINISHED = ("COMPLETE", "FAILED")
 MAX_STORED_TEXT = 32 * 1024  # a model's answer (or a prompt) is kept once, and at most this long
 STATE_SLOT = "synthesis_state*"
-Generate = Callable[..., str]  # (messages, temperature=, seed=) -> the model's text
+Generate = Callable[..., "str | list[str]"]  # (messages, temperature=, seed=, samples=) -> answer(s)
 Listener = Callable[[str, str], None]  # (cycle id, state)
 
 
@@ -156,12 +158,6 @@ def mission_brief(target: UvmObject, selector: str, args: list, kwargs: dict, in
             "methods": sorted(set(methods)), "related_sources": related}
 
 
-def _repeats(attempts: list, index: int) -> bool:
-    """Whether attempt ``index`` brought back a candidate of an earlier attempt."""
-    candidate = attempts[index]["candidate"]
-    return candidate is not None and any(a["candidate"] == candidate for a in attempts[:index])
-
-
 def _brief_value(value: Any) -> Any:
     try:
         return to_plain(value, max_nodes=2000)
@@ -233,22 +229,17 @@ class CycleRunner:
         options = sampling(iteration)
         started = time.perf_counter()
         try:
-            answer = self._generate_with_retries(messages, options)  # no transaction is open here
+            answers = self._generate_with_retries(messages, options)  # no transaction is open here
         except BackendError as exc:
             return self._fail(cycle_id, f"the language model failed: {exc}")
         seconds = time.perf_counter() - started
-        candidate = extract_function(answer, brief["selector"])
-        verdict = None if candidate else extraction_problem(answer, brief["selector"])
-        if candidate and len(candidate.encode()) > self.policy.max_source_bytes:
-            candidate, verdict = None, f"the function is over {self.policy.max_source_bytes} bytes; write a shorter one"
-        earlier = next((a for a in attempts if a["candidate"] == candidate), None) if candidate else None
-        if earlier is not None:  # rejected before: no need to validate it again
-            verdict = f"the same function as attempt {earlier['iteration']}, rejected then: {earlier['verdict']}"
+        candidates, verdict = self._new_candidates(answers, brief["selector"], attempts)
 
         def record(root, cycle):
             cycle._slots["attempts"].append({
                 "iteration": cycle._slots["iteration"], "prompt": bounded(messages[-1]["content"]),
-                "answer": bounded(answer), "candidate": candidate, "verdict": verdict,
+                "answer": bounded(answers[0]), "candidate": candidates[0] if candidates else None,
+                "alternatives": candidates[1:], "verdict": verdict, "repeat": verdict is not None and "same function" in verdict,
                 "temperature": options["temperature"], "generation_seconds": round(seconds, 3),
             })
             if verdict is None:
@@ -256,6 +247,26 @@ class CycleRunner:
         self._change(cycle_id, record)
         if verdict is not None:
             self._revise_or_fail(cycle_id)
+
+    def _new_candidates(self, answers: list[str], selector: str, attempts: list[dict]) -> tuple[list[str], str | None]:
+        """The functions in ``answers`` not tried before (in order), or none and why."""
+        tried = {c for a in attempts for c in (a.get("candidate"), *a.get("alternatives", ())) if c}
+        found, first_problem, earlier = [], None, None
+        for answer in answers:
+            candidate = extract_function(answer, selector)
+            if candidate is None:
+                first_problem = first_problem or extraction_problem(answer, selector)
+            elif len(candidate.encode()) > self.policy.max_source_bytes:
+                first_problem = first_problem or f"the function is over {self.policy.max_source_bytes} bytes; write a shorter one"
+            elif candidate in tried:  # rejected before: no need to validate it again
+                earlier = earlier or next(a for a in attempts if candidate in (a.get("candidate"), *a.get("alternatives", ())))
+            elif candidate not in found:
+                found.append(candidate)
+        if found:
+            return found, None
+        if earlier is not None:
+            return [], f"the same function as attempt {earlier['iteration']}, rejected then: {earlier['verdict']}"
+        return [], first_problem
 
     def _write_facet(self, cycle_id: str, brief: dict) -> None:
         """A facet needs no model to write it: its source follows from the intent."""
@@ -268,15 +279,24 @@ class CycleRunner:
         self._change(cycle_id, record)
 
     def validate(self, cycle_id: str) -> None:
-        brief, candidate = self._change(
-            cycle_id, lambda root, cycle: (to_plain(cycle._slots["brief"]), cycle._slots["attempts"][-1]["candidate"]))
+        brief, candidates = self._change(cycle_id, lambda root, cycle: (
+            to_plain(cycle._slots["brief"]),
+            [cycle._slots["attempts"][-1]["candidate"], *cycle._slots["attempts"][-1].get("alternatives", ())]))
         started = time.perf_counter()
-        source, verdict = self._check(candidate, brief)
+        verdicts = []
+        for candidate in candidates:  # in turn; the first that passes is the one installed
+            source, verdict = self._check(candidate, brief)
+            verdicts.append(verdict)
+            if verdict is None:
+                break
+        verdict = None if verdicts[-1] is None else verdicts[0] + (
+            f" (and {len(verdicts) - 1} other sampled candidate(s) failed too)" if len(verdicts) > 1 else "")
 
         def record(root, cycle) -> bool:
             attempts = cycle._slots["attempts"]
-            attempt = dict(attempts[-1], verdict=verdict or "passed", validation_seconds=round(time.perf_counter() - started, 3))
-            if source != candidate:
+            attempt = dict(attempts[-1], verdict=verdict or "passed", validation_seconds=round(time.perf_counter() - started, 3),
+                           candidates_checked=len(verdicts))
+            if verdict is None and source != candidates[0]:  # repaired, or a later sample
                 attempt["final_source"] = source
             attempts[-1] = attempt
             if verdict is not None:
@@ -318,7 +338,7 @@ class CycleRunner:
 
     def _revise_or_fail_step(self, root, cycle: UvmObject) -> None:
         attempts = cycle._slots["attempts"]
-        if len(attempts) >= 3 and all(_repeats(attempts, i) for i in (-1, -2)):
+        if len(attempts) >= 3 and all(attempts[i].get("repeat") for i in (-1, -2)):
             # even sampling brings back what was rejected: the model is stuck
             return self._move(root, cycle, "FAILED", f"the model repeated earlier candidates twice in a row; last verdict: {attempts[-1]['verdict']}")
         if cycle._slots["iteration"] >= self.policy.max_iterations:
@@ -326,10 +346,11 @@ class CycleRunner:
         cycle._slots["iteration"] += 1
         self._move(root, cycle, "SYNTHESIZING")
 
-    def _generate_with_retries(self, messages: list[Message], options: dict[str, Any]) -> str:
+    def _generate_with_retries(self, messages: list[Message], options: dict[str, Any]) -> list[str]:
         for retry in range(self.policy.max_transient_retries + 1):
             try:
-                return self.generate(messages, **options)
+                answers = self.generate(messages, **options)
+                return answers if isinstance(answers, list) else [answers]
             except BackendError as exc:
                 if not exc.transient or retry == self.policy.max_transient_retries:
                     raise

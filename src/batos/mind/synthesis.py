@@ -83,12 +83,17 @@ def signature(brief: dict[str, Any]) -> str:
     return f"def {brief['selector']}({', '.join(['self', *names, *(f'{k}=None' for k in keywords)])})"
 
 
+SAMPLES_PER_REVISION = 3
+
+
 def sampling(iteration: int) -> dict[str, Any]:
-    """Generation settings for an attempt: the first is greedy; each revision samples, hotter each
-    time, with a seed of its own, so a revision is never the greedy repeat of the one before."""
+    """Generation settings for an attempt: the first is greedy; each revision samples several
+    answers in one batched call, hotter each time, with a seed of its own, so a revision is never
+    the greedy repeat of the one before."""
     if iteration <= 1:
         return {"temperature": 0.0, "seed": None}
-    return {"temperature": min(0.7 + 0.15 * (iteration - 2), 1.0), "seed": 1000 + iteration}
+    return {"temperature": min(0.7 + 0.15 * (iteration - 2), 1.0), "seed": 1000 + iteration,
+            "samples": SAMPLES_PER_REVISION}
 
 
 def extraction_problem(answer: str, selector: str) -> str:
