@@ -36,3 +36,39 @@ def test_the_child_cannot_write_files(tmp_path):
     target = tmp_path / "written"
     verdict = verify(f"def f(self):\n    return open({str(target)!r}, 'w')\n", "f", {}, [])
     assert not verdict.ok and not target.exists()
+
+
+CONFINED = """
+import json, os, socket, sys
+from batos.sandbox.confine import confine
+applied, missing = confine(512 * 1024 * 1024, 60, 16)
+outcomes = {"applied": applied}
+for name, attempt in (("read", lambda: open(sys.argv[1]).read()),
+                      ("write", lambda: open(sys.argv[2], "w").write("planted")),
+                      ("socket", lambda: socket.socket()),
+                      ("fork", lambda: os.fork()),
+                      ("exec", lambda: os.execv("/bin/true", ["true"]))):
+    try:
+        attempt()
+        outcomes[name] = "allowed"
+    except OSError as exc:
+        outcomes[name] = type(exc).__name__
+sys.stdout.write(json.dumps(outcomes))
+"""
+
+
+def test_a_confined_process_cannot_read_write_connect_fork_or_exec(tmp_path):
+    """The sandbox worker's confinement on its own, at the level of system calls."""
+    import json
+    import subprocess
+    import sys
+
+    secret = tmp_path / "secret"
+    secret.write_text("secret")
+    plant = tmp_path / "plant.py"
+    done = subprocess.run([sys.executable, "-I", "-c", CONFINED, str(secret), str(plant)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    outcomes = json.loads(done.stdout)
+    assert {"rlimits", "landlock", "seccomp"} <= set(outcomes["applied"])  # this machine's kernel has both
+    assert all(outcomes[name] != "allowed" for name in ("read", "write", "socket", "fork", "exec")), outcomes
+    assert not plant.exists()
