@@ -12,11 +12,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import ormsgpack
 import persistent
 from ZODB.POSException import POSKeyError
 
-from batos.errors import BatosError, TooLarge
+from batos.errors import BatosError
 from batos.image import primitives
 from batos.image.objects import PARENT_SLOT, Method, MethodSourceError, UvmObject, function_name_of, lookup, oid_text
 from batos.image.protection import check_parents, check_writable
@@ -26,7 +25,7 @@ from batos.kernel import services
 from batos.kernel.protocol import Code, ProtocolError
 from batos.mind import guardian
 from batos.sandbox import SandboxLimits, SandboxPool, run_method
-from batos.sandbox.host import method_digest
+from batos.sandbox.host import check_stored_value, method_digest
 from batos.sandbox.restricted import check_compiles
 
 OID_TEXT = re.compile(r"^0x[0-9a-fA-F]{1,16}$")
@@ -85,17 +84,6 @@ def _adopt_new_objects(root, value: Any) -> None:
             _adopt_new_objects(root, item)
 
 
-def _value_depth(value: Any, limit: int, depth: int = 0) -> None:
-    if depth > limit:
-        raise TooLarge(f"a value nested more than {limit} levels deep")
-    if isinstance(value, dict):
-        for item in value.values():
-            _value_depth(item, limit, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _value_depth(item, limit, depth + 1)
-
-
 @dataclass
 class Dispatcher:
     """Maps each op to a function of the root, run by a worker inside one transaction.
@@ -126,16 +114,6 @@ class Dispatcher:
         except BatosError as exc:
             raise ProtocolError(exc.code, str(exc)) from None
 
-    def check_value(self, slot: str, value: Any) -> None:
-        """A value a client wants stored: within the size and depth limits."""
-        size = len(ormsgpack.packb(value, option=ormsgpack.OPT_NON_STR_KEYS))
-        if size > self.limits.max_slot_bytes:
-            raise ProtocolError(Code.TOO_LARGE, f"slot {slot!r}: a value of {size} bytes is over the limit of {self.limits.max_slot_bytes}")
-        try:
-            _value_depth(value, self.limits.max_value_depth)
-        except TooLarge as exc:
-            raise ProtocolError(Code.TOO_LARGE, f"slot {slot!r}: {exc}") from None
-
     def op_describe(self, root, fields: dict) -> Any:
         return _plain_reply(describe, resolve_target(root, fields["target"]))
 
@@ -150,7 +128,7 @@ class Dispatcher:
         receiver = resolve_target(root, fields["target"])
         slot = fields["slot"]
         _check_slot_name(slot)
-        self.check_value(slot, fields["value"])
+        _guarded(check_stored_value, slot, fields["value"], self.limits)
         _guarded(check_writable, receiver, slot)
         value = _incoming(root, fields["value"])
         if slot == PARENT_SLOT:

@@ -48,7 +48,6 @@ A cycle record (a kernel object: only the kernel changes it) has these slots:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import random
 import threading
@@ -71,6 +70,7 @@ from batos.llm.generation import BackendError, Message
 from batos.mind import guardian
 from batos.mind.synthesis import build_messages, extract_function, extraction_problem, sampling
 from batos.sandbox import SandboxPool
+from batos.sandbox.host import digest_of
 from batos.sandbox.verify import verify
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,8 @@ def state_of(cycle: UvmObject) -> str:
 
 
 def source_digest(source: str | None) -> str | None:
-    """What `batos cycles approve` names: the sha256 of the exact source that would be installed."""
-    return hashlib.sha256(source.encode()).hexdigest() if source else None
+    """What `batos cycles approve` names: the digest of the exact source that would be installed."""
+    return digest_of(source) if source else None
 
 
 def bounded(text: str | None, limit: int = MAX_STORED_TEXT) -> str | None:

@@ -27,7 +27,6 @@ from batos.sandbox.confine import confine
 from batos.sandbox.restricted import compile_method
 
 METHOD_FILE_PREFIX = "<batos-method "
-MAX_COMPILED = 512
 DELETED = object()
 
 
@@ -163,19 +162,16 @@ class Call:
 
 
 class Worker:
-    """The serving loop and the compiled-code cache."""
+    """The serving loop and the compiled-code cache (bounded by the pool retiring each worker after
+    a number of calls)."""
 
     def __init__(self, channel: Channel):
         self.channel = channel
         self.compiled: dict[str, Callable] = {}
 
     def function(self, selector: str, digest: str, source: str | None) -> Callable:
+        """The compiled function; ``source`` may be left out once this worker has compiled it."""
         if digest not in self.compiled:
-            if source is None:
-                self.channel.send({"t": "need_source", "digest": digest})
-                source = self.channel.receive()["source"]
-            if len(self.compiled) >= MAX_COMPILED:
-                self.compiled.clear()
             self.compiled[digest] = compile_method(selector, source, f"{METHOD_FILE_PREFIX}{selector}>", (ObjectProxy,))
         return self.compiled[digest]
 

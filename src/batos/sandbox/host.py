@@ -48,8 +48,27 @@ class SandboxUnavailable(BatosError):
     code = "busy"
 
 
+def check_stored_value(slot: str, value: Any, limits: SandboxLimits) -> int:
+    """TooLarge unless ``value`` (plain data, or channel data from a worker) may be stored in a
+    slot: its encoded size and its nesting depth within the limits. Its encoded size."""
+    size = len(wire.pack(value))
+    if size > limits.max_slot_bytes:
+        raise TooLarge(f"slot {slot!r}: a value of {size} bytes is over the limit of {limits.max_slot_bytes}")
+    _check_depth(slot, value, limits.max_value_depth)
+    return size
+
+
+def _check_depth(slot: str, value: Any, limit: int, depth: int = 0) -> None:
+    if depth > limit:
+        raise TooLarge(f"slot {slot!r}: a value nested more than {limit} levels deep")
+    if isinstance(value, (list, dict)):
+        for item in value.values() if isinstance(value, dict) else value:
+            _check_depth(slot, item, limit, depth + 1)
+
+
 def digest_of(source: str) -> str:
-    return hashlib.sha256(source.encode()).hexdigest()[:32]
+    """The sha256 of a method's source: the key of compiled code, and what an approval names."""
+    return hashlib.sha256(source.encode()).hexdigest()
 
 
 class CallHost:
@@ -81,10 +100,8 @@ class CallHost:
         budget[0] -= 1
         if budget[0] < 0 or depth > self.limits.max_value_depth:
             raise TooLarge("a value is too large or too deeply nested to give to a method")
-        if isinstance(value, (str, bytes, bool, float, type(None))):
-            return value
-        if isinstance(value, int):
-            return value  # beyond 64 bits it crosses as decimal text
+        if isinstance(value, (str, bytes, bool, int, float, type(None))):
+            return value  # an int beyond 64 bits crosses as decimal text
         if isinstance(value, UvmObject):
             return Ref(self.handle(value))
         if isinstance(value, Method):
@@ -119,16 +136,14 @@ class CallHost:
             raise ChannelError(f"the worker named handle {handle!r}, which it was never given")
         return self.objects[handle]
 
-    def incoming(self, value: Any, depth: int = 0) -> Any:
+    def incoming(self, value: Any) -> Any:
         """Channel data as an image value (handles back to objects)."""
-        if depth > self.limits.max_value_depth:
-            raise TooLarge(f"a value nested more than {self.limits.max_value_depth} levels deep")
         if isinstance(value, Ref):
             return self.obj(value._handle)
         if isinstance(value, list):
-            return [self.incoming(v, depth + 1) for v in value]
+            return [self.incoming(v) for v in value]
         if isinstance(value, dict):
-            return {k: self.incoming(v, depth + 1) for k, v in value.items()}
+            return {k: self.incoming(v) for k, v in value.items()}
         return value
 
     # requests ---------------------------------------------------------------------------------------
@@ -158,10 +173,7 @@ class CallHost:
         if deleted:
             target._slots.pop(name, None)
             return
-        size = len(wire.pack(value))
-        if size > self.limits.max_slot_bytes:
-            raise TooLarge(f"slot {name!r}: a value of {size} bytes is over the limit of {self.limits.max_slot_bytes}")
-        self.written_bytes += size
+        self.written_bytes += check_stored_value(name, value, self.limits)
         if self.written_bytes > self.limits.max_write_bytes:
             raise TooLarge(f"one message may write at most {self.limits.max_write_bytes} bytes")
         converted = self.incoming(value)
@@ -179,8 +191,7 @@ class CallHost:
             return {"k": "missing"}
         if isinstance(value, Method):
             if value.origin == "primitive":
-                callable_here = value.primitive in PRIMITIVES_FOR_METHODS and not primitives.is_service(value.primitive)
-                return {"k": "primitive"} if callable_here else {"k": "service"}
+                return {"k": "primitive"} if value.primitive in PRIMITIVES_FOR_METHODS else {"k": "service"}
             if value.facet_system:
                 return {"k": "service"}
             return {"k": "method", "selector": value.selector, "digest": method_digest(value), "source": value.source}
@@ -231,11 +242,11 @@ def run_method(pool: SandboxPool, selector: str, source: str, receiver: UvmObjec
     deadline = time.monotonic() + budget
     answered = [False]  # a worker that sent its final frame is fit for the next call
     try:
-        if digest not in worker.digests:
+        if digest not in worker.digests:  # a worker keeps what it compiled until it is retired
             job["source"] = source
         worker.channel.send(job)
         worker.digests.add(digest)
-        return _serve(worker, host, deadline, source, answered)
+        return _serve(worker, host, deadline, answered)
     except ChannelTimeout:
         raise MethodTimeout(budget) from None
     except FrameTooLarge as exc:
@@ -251,16 +262,13 @@ def run_method(pool: SandboxPool, selector: str, source: str, receiver: UvmObjec
             pool.discard(worker)
 
 
-def _serve(worker, host: CallHost, deadline: float, source: str, answered: list[bool]) -> Any:
+def _serve(worker, host: CallHost, deadline: float, answered: list[bool]) -> Any:
     channel = worker.channel
     while True:
         message = channel.receive(deadline)
         if not isinstance(message, dict):
             raise ChannelError("a frame that is not a map")
         kind = message.get("t")
-        if kind == "need_source":  # the worker forgot code it compiled earlier
-            channel.send({"source": source})
-            continue
         if kind == "done":
             answered[0] = True
             if message.get("writes") and message.get("ok"):
@@ -278,9 +286,6 @@ def _serve(worker, host: CallHost, deadline: float, source: str, answered: list[
             host.apply(message.get("writes") or [])
             value = host.answer_lookup(message) if kind == "lookup" else host.answer_primitive(message)
             channel.send({"ok": True, "v": value})
-        except (Protected, TooLarge, MethodError) as exc:
-            host.refusal = host.refusal or exc
-            channel.send({"ok": False, "error": str(exc)})
-        except BatosError as exc:
+        except BatosError as exc:  # refused: the call fails with it, whatever the method does next
             host.refusal = host.refusal or exc
             channel.send({"ok": False, "error": str(exc)})

@@ -102,15 +102,18 @@ class SandboxPool:
         self.replaced = 0
         self.confinement: dict[str, list[str]] = {"applied": [], "missing": []}
 
-    def start(self, wait: bool = False) -> None:
-        """Start the workers (in the background unless ``wait``)."""
+    def start(self) -> None:
+        """Start the workers in the background."""
         for _ in range(self.size):
-            with self._lock:
-                self._alive += 1
-            if wait:
-                self._add()
-            else:
-                threading.Thread(target=self._add, name="batos-sandbox-start", daemon=True).start()
+            self._start_one()
+
+    def _start_one(self, only_below_size: bool = False) -> None:
+        """Count one more worker alive and start it in the background."""
+        with self._lock:
+            if only_below_size and self._alive >= self.size:
+                return
+            self._alive += 1
+        threading.Thread(target=self._add, name="batos-sandbox-start", daemon=True).start()
 
     def _add(self) -> None:
         try:
@@ -133,12 +136,8 @@ class SandboxPool:
         """An idle worker, waiting at most ``timeout`` seconds (TimeoutError). Fewer than ``size``
         alive: another is started in the background; the caller never waits for a start it did
         not need."""
-        with self._lock:
-            grow = self._alive < self.size and self._idle.empty()
-            if grow:
-                self._alive += 1
-        if grow:
-            threading.Thread(target=self._add, name="batos-sandbox-start", daemon=True).start()
+        if self._idle.empty():
+            self._start_one(only_below_size=True)
         try:
             return self._idle.get(timeout=max(timeout, 0.001))
         except queue.Empty:
@@ -156,12 +155,9 @@ class SandboxPool:
         worker.kill()
         with self._lock:
             self._alive -= 1
-            replace = not self._closed
-            if replace:
-                self._alive += 1
-                self.replaced += 1
-        if replace:
-            threading.Thread(target=self._add, name="batos-sandbox-replace", daemon=True).start()
+        if not self._closed:
+            self.replaced += 1
+            self._start_one()
 
     def stats(self) -> dict:
         return {"size": self.size, "alive": self._alive, "idle": self._idle.qsize(), "replaced": self.replaced,
