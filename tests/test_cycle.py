@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from batos.image import open_image
@@ -65,6 +67,13 @@ class Installed:
     def __init__(self, method):
         self.source, self.origin, self.cycle, self.persona = method.source, method.origin, method.cycle, method.persona
         self.version, self.model = method.version, getattr(method, "model", None)
+
+
+def finish_event(runner, cycle_id) -> threading.Event:
+    """Set once ``cycle_id`` stops running (finished, awaiting approval, or abandoned)."""
+    done = threading.Event()
+    runner.add_listener(lambda changed, state: changed == cycle_id and done.set(), on_finish=True)
+    return done
 
 
 def cycle(runner, cycle_id):
@@ -223,7 +232,7 @@ def test_an_unforeseen_error_fails_the_cycle_and_releases_waiters(image):
     runner, cid = start(image, Script(ValueError("bug in a step")))
     with pytest.raises(ValueError):
         runner.run(cid)
-    waiter = runner.waiter(cid)
+    waiter = finish_event(runner, cid)
     runner.abandon(cid, "internal error: ValueError: bug in a step")
     assert waiter.is_set()
     seen = cycle(runner, cid)

@@ -27,7 +27,7 @@ from batos.mind.cycle_service import CycleService
 from batos.mind.interfaces import ICycleService
 
 from conftest import EXAMPLE, ScriptedModel, make_counter, opened_root, uvm
-from test_cycle import GOOD, Script
+from test_cycle import GOOD, Script, finish_event
 
 
 def test_every_op_is_served_by_the_service_the_table_names():
@@ -115,13 +115,15 @@ def test_the_cycle_thread_survives_a_failure_while_failing_a_cycle(tmp_path, cap
     try:
         with caplog.at_level(logging.ERROR):
             first = runner.start_or_join(target, "add_to_total", [5], {}, "add", [EXAMPLE])
+            first_done = finish_event(runner, first)
             service.start()
             service.enqueue(first)
-            assert runner.waiter(first).wait(20)  # released although failing it failed
+            assert first_done.wait(20)  # released although failing it failed
             runner._fail = original_fail
             second = runner.start_or_join(target, "other_total", [5], {}, "add", [])
+            second_done = finish_event(runner, second)
             service.enqueue(second)
-            assert runner.waiter(second).wait(20)
+            assert second_done.wait(20)
         assert service._thread.is_alive()
         assert "could not be marked FAILED" in caplog.text and "a cycle listener failed" in caplog.text
     finally:

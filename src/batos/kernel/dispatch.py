@@ -9,7 +9,7 @@ worker aborts the transaction, so a failed request writes nothing.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import persistent
@@ -24,7 +24,7 @@ from batos.image.values import ValueTooLarge, from_plain, to_plain
 from batos.kernel import services
 from batos.kernel.protocol import Code, ProtocolError
 from batos.mind import guardian
-from batos.sandbox import SandboxLimits, SandboxPool, run_method
+from batos.sandbox import SandboxPool, run_method
 from batos.sandbox.host import check_stored_value, method_digest
 from batos.sandbox.restricted import check_compiles
 
@@ -95,7 +95,6 @@ class Dispatcher:
     method_budget: float = 10.0
     synthesize_missing: bool = False
     max_source_bytes: int = guardian.MAX_SOURCE_BYTES
-    limits: SandboxLimits = field(default_factory=SandboxLimits)
 
     def invoke(self, method: Method, receiver: UvmObject, args: list, kwargs: dict) -> Any:
         """Run a stored method in the sandbox; its failures become error codes."""
@@ -128,7 +127,7 @@ class Dispatcher:
         receiver = resolve_target(root, fields["target"])
         slot = fields["slot"]
         _check_slot_name(slot)
-        _guarded(check_stored_value, slot, fields["value"], self.limits)
+        _guarded(check_stored_value, slot, fields["value"], self.sandbox.limits)
         _guarded(check_writable, receiver, slot)
         value = _incoming(root, fields["value"])
         if slot == PARENT_SLOT:

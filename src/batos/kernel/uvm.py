@@ -97,7 +97,7 @@ class UVM:
         self.bridge: Bridge | None = None
         self.sandbox = SandboxPool(settings.sandbox_workers or settings.workers, settings.sandbox_limits())
         self.dispatcher = Dispatcher(self.sandbox, method_budget=settings.method_budget,
-                                     max_source_bytes=settings.max_source_bytes, limits=settings.sandbox_limits())
+                                     max_source_bytes=settings.max_source_bytes)
         self.cycle_starts = CycleStarts(settings.max_cycles_per_minute, settings.max_open_cycles)
         self.core: CognitiveCore | None = None
         self.models: ModelService | None = None

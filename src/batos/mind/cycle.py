@@ -185,7 +185,6 @@ class CycleRunner:
         self._connection = db.open(transaction_manager=self._manager)
         self._lock = threading.RLock()  # guards the runner's connection, one transaction at a time
         self._running = threading.Lock()  # one cycle runs at a time
-        self._done: dict[str, threading.Event] = {}
         self._listeners: list[Listener] = []
         self._finish_listeners: list[Listener] = []
 
@@ -473,12 +472,7 @@ class CycleRunner:
             return doomed
         return self._transact(prune)
 
-    def waiter(self, cycle_id: str) -> threading.Event:
-        with self._lock:
-            return self._done.setdefault(cycle_id, threading.Event())
-
     def _finished(self, cycle_id: str, state: str) -> None:
-        self.waiter(cycle_id).set()
         self._tell(self._finish_listeners, cycle_id, state)
 
     def add_listener(self, listener: Listener, on_finish: bool = False) -> None:

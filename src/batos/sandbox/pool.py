@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from batos.image.values import MAX_NODES
 from batos.sandbox.channel import Channel, ChannelError
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class SandboxLimits:
     max_slot_bytes: int = 1024**2
     max_value_depth: int = 32
     max_write_bytes: int = 8 * 1024**2  # everything one message writes to the image
-    max_nodes: int = 200_000  # values sent to a worker are walked at most this far
+    max_nodes: int = MAX_NODES  # values sent to a worker are walked at most this far, as for replies
 
 
 @dataclass
