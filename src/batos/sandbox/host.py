@@ -93,11 +93,16 @@ class CallHost:
     def outgoing(self, value: Any) -> Any:
         """An image value as channel data: objects become handles, anything that is not plain
         data becomes a description; walked at most ``max_nodes`` nodes deep in all."""
-        budget = [self.limits.max_nodes]
-        return self._outgoing(value, budget, 0)
+        return self.sized(value)[0]
+
+    def sized(self, value: Any) -> tuple[Any, int]:
+        """:meth:`outgoing`, and about how many bytes the value will take on the channel."""
+        budget = [self.limits.max_nodes, 0]  # nodes left, bytes so far
+        return self._outgoing(value, budget, 0), budget[1]
 
     def _outgoing(self, value: Any, budget: list[int], depth: int) -> Any:
         budget[0] -= 1
+        budget[1] += len(value) + 5 if isinstance(value, (str, bytes)) else 9
         if budget[0] < 0 or depth > self.limits.max_value_depth:
             raise TooLarge("a value is too large or too deeply nested to give to a method")
         if isinstance(value, (str, bytes, bool, int, float, type(None))):
@@ -120,10 +125,10 @@ class CallHost:
             if isinstance(value, Method):
                 continue
             try:
-                plain = self.outgoing(value)
+                plain, bytes_ = self.sized(value)
             except TooLarge:
                 continue
-            size += len(wire.pack(plain)) if isinstance(plain, (list, dict, str, bytes)) else 9
+            size += bytes_
             if size > MAX_SNAPSHOT_BYTES:
                 break
             snapshot[name] = plain
