@@ -35,6 +35,18 @@ def test_settings_validation():
     assert LLMSettings(model_max_memory="0=10GiB, cpu=20GiB").max_memory() == {0: "10GiB", "cpu": "20GiB"}
     with pytest.raises(ConfigurationError, match="BATOS_LOAD_IN_4BIT"):
         LLMSettings.from_env({"BATOS_LOAD_IN_4BIT": "perhaps"})
+    with pytest.raises(ConfigurationError, match="BATOS_ENGINE must be one of auto, llama.cpp, transformers"):
+        LLMSettings(engine="abacus").validate()
+    with pytest.raises(ConfigurationError, match="BATOS_PARALLEL_SEQUENCES"):
+        LLMSettings(parallel_sequences=0).validate()
+
+
+def test_threads_default_to_the_cores_this_process_may_use():
+    import os
+
+    assert LLMSettings().thread_count() == len(os.sched_getaffinity(0))
+    assert "core" in LLMSettings().threads_reason()
+    assert LLMSettings(llm_threads=3).thread_count() == 3 and "BATOS_LLM_THREADS=3" in LLMSettings(llm_threads=3).threads_reason()
 
 
 @pytest.mark.parametrize("env", [
@@ -42,6 +54,10 @@ def test_settings_validation():
     {"BATOS_LLM": "embedded", "BATOS_LLM_INT8_ENABLE_FP32_CPU_OFFLOAD": "true"},
     {"BATOS_LLM": "telepathy"},
     {"BATOS_LLM": "openai"},
+    {"BATOS_LLM": "embedded", "BATOS_ENGINE": "abacus"},
+    {"BATOS_LLM": "embedded", "BATOS_CONTEXT_SIZE": "0"},
+    {"BATOS_LLM": "embedded", "BATOS_PARALLEL_SEQUENCES": "many"},
+    {"BATOS_LLM": "embedded", "BATOS_LLM_THREADS": "-1"},
 ])
 def test_uvm_refuses_bad_llm_configuration_at_start_touching_nothing(tmp_path, env):
     srv = Server(tmp_path / "img.fs", env=env).start(wait=False)

@@ -18,7 +18,7 @@ from typing import Any
 from zope.interface import implementer
 
 from batos.llm.experts import ColdExpert, ExpertTiers
-from batos.llm.generation import BackendError, Generation, Message
+from batos.llm.generation import BackendError, Generation, Message, Stream
 from batos.llm.interfaces import IBackend
 from batos.llm.quantization import quantization_config
 from batos.llm.settings import LLMSettings
@@ -57,13 +57,16 @@ def load_model(folder: str | Path, settings: LLMSettings):
 class EmbeddedBackend:
     """A local model plus its experts (see module docstring)."""
 
-    def __init__(self, folder: str | Path, settings: LLMSettings, name: str):
+    engine = "transformers"
+
+    def __init__(self, folder: str | Path, settings: LLMSettings, name: str, why: str = ""):
         import torch
 
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        self.threads = settings.thread_count()
+        torch.set_num_threads(self.threads)
         self.name = name
         self.settings = settings
+        self.why = why
         started = time.perf_counter()
         self.model, self.tokenizer = load_model(folder, settings)
         self.load_seconds = time.perf_counter() - started
@@ -115,14 +118,20 @@ class EmbeddedBackend:
 
     def generate(self, messages: list[Message], expert: str | None = None, max_new_tokens: int = 256,
                  stop: list[str] | None = None, temperature: float = 0.0, seed: int | None = None,
-                 samples: int = 1) -> Generation:
+                 samples: int = 1, stream: Stream | None = None) -> Generation:
         """See IBackend.generate."""
         self.waiting += 1
         with self._lock:
             self.waiting -= 1
-            return self._generate(messages, expert, max_new_tokens, stop, temperature, seed, samples)
+            return self._generate(messages, expert, max_new_tokens, stop, temperature, seed, samples, stream)
 
-    def _generate(self, messages, expert, max_new_tokens, stop, temperature, seed, samples=1) -> Generation:
+    def generate_many(self, conversations: list[list[Message]], expert: str | None = None,
+                      max_new_tokens: int = 256, stop: list[str] | None = None, temperature: float = 0.0,
+                      seed: int | None = None) -> list[Generation]:
+        """See IBackend.generate_many: here one conversation after another (no padded batch)."""
+        return [self.generate(messages, expert, max_new_tokens, stop, temperature, seed) for messages in conversations]
+
+    def _generate(self, messages, expert, max_new_tokens, stop, temperature, seed, samples=1, stream=None) -> Generation:
         import contextlib
 
         import torch
@@ -146,6 +155,8 @@ class EmbeddedBackend:
             options.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         if seed is not None:
             torch.manual_seed(seed)
+        if stream is not None:
+            options["streamer"] = _streamer(self.tokenizer, stream)
         runner = self.peft if self.peft is not None else self.model
         context = self.peft.disable_adapter() if (self.peft is not None and expert is None) else contextlib.nullcontext()
         with torch.inference_mode(), context:
@@ -173,7 +184,8 @@ class EmbeddedBackend:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "backend": "embedded", "model": self.name, "dtype": self.settings.model_dtype,
+            "backend": "embedded", "engine": self.engine, "model": self.name, "dtype": self.settings.model_dtype,
+            "threads": self.threads, "why": self.why,
             "device_map": {k: str(v) for k, v in self.device_map.items()},
             "load_seconds": round(self.load_seconds, 3), "generations": self.generations,
             "queue": self.waiting, "experts": self.experts.tiers(),
@@ -188,3 +200,16 @@ class EmbeddedBackend:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+
+def _streamer(tokenizer, stream: Stream):
+    """A transformers streamer that hands each finished piece of the new text to ``stream``."""
+    from transformers import TextStreamer
+
+    class Streamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                stream(text)
+
+    return Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

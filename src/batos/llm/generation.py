@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 from batos.errors import BatosError
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+Stream = Callable[[str], None]  # receives the text of a generation piece by piece, as it is made
 
 
 class BackendError(BatosError):

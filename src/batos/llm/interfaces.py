@@ -16,10 +16,19 @@ class IBackend(Interface):
     name = Attribute("a short description of the loaded model")
     waiting = Attribute("number of calls queued behind the one running")
 
-    def generate(messages, expert=None, max_new_tokens=256, stop=None, temperature=0.0, seed=None, samples=1):
+    engine = Attribute("what computes: 'llama.cpp', 'transformers' or 'openai'")
+
+    def generate(messages, expert=None, max_new_tokens=256, stop=None, temperature=0.0, seed=None, samples=1,
+                 stream=None):
         """Return a Generation: the text plus token counts and timings. With ``samples`` > 1 and a
         temperature above 0, that many answers are sampled in one batched call: the first is the
-        text, the others are ``alternatives``."""
+        text, the others are ``alternatives``. ``stream``, if given, is called with pieces of the
+        (first) text as they are generated; joined, they are the text."""
+
+    def generate_many(conversations, expert=None, max_new_tokens=256, stop=None, temperature=0.0, seed=None):
+        """One Generation per conversation, in order, each as ``generate`` would have answered it
+        alone (greedy answers are the same); independent prompts are generated together where the
+        engine can."""
 
     def stats():
         """Plain data describing the backend: model, devices, experts and their tiers."""

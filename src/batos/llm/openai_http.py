@@ -17,7 +17,7 @@ from typing import Any
 
 from zope.interface import implementer
 
-from batos.llm.generation import BackendError, ConfigurationError, Generation, Message
+from batos.llm.generation import BackendError, ConfigurationError, Generation, Message, Stream
 from batos.llm.interfaces import IBackend
 from batos.llm.settings import LLMSettings
 
@@ -25,6 +25,8 @@ from batos.llm.settings import LLMSettings
 @implementer(IBackend)
 class OpenAIBackend:
     """Chat completions over HTTP (see module docstring)."""
+
+    engine = "openai"
 
     def __init__(self, settings: LLMSettings, expert_prompts: dict[str, str] | None = None):
         if not settings.openai_model:
@@ -43,8 +45,9 @@ class OpenAIBackend:
 
     def generate(self, messages: list[Message], expert: str | None = None, max_new_tokens: int = 256,
                  stop: list[str] | None = None, temperature: float = 0.0, seed: int | None = None,
-                 samples: int = 1) -> Generation:
-        """See IBackend.generate."""
+                 samples: int = 1, stream: Stream | None = None) -> Generation:
+        """See IBackend.generate. The server is asked without streaming: ``stream`` gets the whole
+        text as one piece."""
         if expert is not None:
             if expert not in self.expert_prompts:
                 raise BackendError(f"no expert named {expert!r} (known: {', '.join(sorted(self.expert_prompts)) or 'none'})", transient=False)
@@ -70,8 +73,16 @@ class OpenAIBackend:
         except (KeyError, IndexError, TypeError):
             raise BackendError(f"the server's answer has no choices[0].message.content: {str(answer)[:200]}", transient=False) from None
         self.generations += 1
+        if stream is not None and text:
+            stream(text)
         return Generation(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)),
                           time.perf_counter() - started, self.settings.openai_model, expert, tuple(texts[1:]))
+
+    def generate_many(self, conversations: list[list[Message]], expert: str | None = None,
+                      max_new_tokens: int = 256, stop: list[str] | None = None, temperature: float = 0.0,
+                      seed: int | None = None) -> list[Generation]:
+        """See IBackend.generate_many: one request after another (the server batches if it can)."""
+        return [self.generate(messages, expert, max_new_tokens, stop, temperature, seed) for messages in conversations]
 
     def _post(self, path: str, body: dict) -> dict:
         request = urllib.request.Request(
@@ -93,7 +104,7 @@ class OpenAIBackend:
             raise BackendError(f"{self.base_url} answered something that is not JSON: {exc}", transient=False) from None
 
     def stats(self) -> dict[str, Any]:
-        return {"backend": "openai", "model": self.name, "device_map": {"": "remote"},
+        return {"backend": "openai", "engine": self.engine, "model": self.name, "device_map": {"": "remote"},
                 "generations": self.generations, "queue": self.waiting,
                 "experts": {name: "prompt" for name in sorted(self.expert_prompts)}}
 
