@@ -194,16 +194,24 @@ class Session:
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
-    """A cache holding the converted default model, made once per test session (~1 minute)."""
-    from batos.llm.default_model import default_model_folder
+    """A cache holding the default model as the GGUF file llama.cpp serves (a few seconds)."""
+    from batos.llm.default_model import GGUF_FORM, default_model_folder
 
     cache = tmp_path_factory.mktemp("model-cache")
-    default_model_folder(cache, "bfloat16")
+    default_model_folder(cache, GGUF_FORM)
     return cache
 
 
 @pytest.fixture(scope="session")
+def gguf_model_file(model_cache) -> Path:
+    from batos.llm.default_model import GGUF_FORM, GGUF_NAME, default_model_folder
+
+    return default_model_folder(model_cache, GGUF_FORM) / GGUF_NAME
+
+
+@pytest.fixture(scope="session")
 def plain_model_folder(model_cache) -> Path:
+    """The default model dequantized to a bfloat16 folder for transformers (~1 minute, once)."""
     from batos.llm.default_model import default_model_folder
 
     return default_model_folder(model_cache, "bfloat16")

@@ -13,6 +13,7 @@ from batos.image import open_image
 from batos.image.blobs import import_folder, verify_bundle
 from batos.llm.core import CognitiveCore
 from batos.llm.embedded import EmbeddedBackend
+from batos.llm.generation import chat
 from batos.llm.settings import LLMSettings
 
 from conftest import Server, in_transaction, llm_env, opened_root, run_cli
@@ -55,9 +56,18 @@ def test_default_model_imports_into_a_fresh_image_and_generates_after_restart(im
         assert c.stats()["llm"]["state"] != "off"  # the bridge answers while the model is still coming
         first = c.send("pLLM_obj", "infer_", HAIKU, max_new_tokens=24)
         llm = c.stats()["llm"]
+        maps = Path(f"/proc/{c.ping()['pid']}/maps").read_text()
     assert isinstance(first, str) and len(first.split()) >= 3
     assert "qwen" in llm["model"] and llm["device_map"] and llm["state"] == "ready"
+    # llama.cpp serves the GGUF from the blob's committed file, mapped in place: no copy anywhere
+    assert llm["engine"] == "llama.cpp" and llm["quantization"].startswith("Q4_K") and llm["threads"] >= 1
+    assert "GGUF" in llm["why"] and "core" in llm["why"]
+    blob_folder = Path(f"{image_path}.blob")
+    assert Path(llm["model_file"]).is_relative_to(blob_folder) and llm["model_file"] in maps
     assert srv.stop() == 0
+    with opened_root(image_path) as root:
+        bundle = root["pLLM_obj"].model_bundles[llm["model"]]
+        assert bundle.files["model.gguf"].committed() == llm["model_file"]
     stats = run_cli("doctor", "--image", str(image_path))
     assert stats.returncode == 0 and "blobs" in stats.stdout
 
@@ -74,6 +84,26 @@ def test_default_model_imports_into_a_fresh_image_and_generates_after_restart(im
     assert log.count("importing qwen") >= 1
     second_start = log[log.rindex("serving"):]
     assert "importing" not in second_start  # the second start loads from the image, imports nothing
+
+
+def test_infer_streams_its_text_to_the_client_before_the_reply(image_path, model_cache):
+    srv = Server(image_path, env=llm_env(model_cache)).start()
+    try:
+        with srv.client(timeout=600) as c:
+            c.send("pLLM_obj", "infer_", "warm up", max_new_tokens=2)
+            arrivals: list[tuple[float, str]] = []
+
+            def on_event(event: dict) -> None:
+                if "text" in event:
+                    arrivals.append((time.perf_counter(), event["text"]))
+            started = time.perf_counter()
+            text = c.send("pLLM_obj", "infer_", "Explain what a linked list is.", max_new_tokens=60, on_event=on_event)
+            replied = time.perf_counter()
+    finally:
+        srv.stop()
+    assert len(arrivals) >= 10
+    assert "".join(piece for _, piece in arrivals) == text
+    assert arrivals[0][0] - started < (replied - started) / 3  # the first piece long before the reply
 
 
 def test_kill_9_during_the_genesis_import_leaves_no_half_bundle(image_path, model_cache):
@@ -130,9 +160,10 @@ def test_logits_from_the_image_equal_logits_from_the_plain_folder(plain_model_fo
 
 
 def test_experts_move_from_staging_to_blobs_to_warm_to_hot_and_out(adapters, model_cache, tmp_path):
+    """On the transformers engine: peft adapters loaded into the model and taken out again."""
     img = open_image(str(tmp_path / "image.fs"))
     one_adapter = (adapters / "BRICK" / "adapter_model.safetensors").stat().st_size
-    settings = LLMSettings(model_cache=str(model_cache), lora_staging=str(adapters),
+    settings = LLMSettings(engine="transformers", model_cache=str(model_cache), lora_staging=str(adapters),
                            max_hot_experts=1, warm_expert_bytes=one_adapter + 1)
     core = CognitiveCore(img.db, "embedded", settings, tmp_path / "scratch")
     try:
@@ -168,7 +199,67 @@ def test_experts_move_from_staging_to_blobs_to_warm_to_hot_and_out(adapters, mod
         img.close()
 
 
-def test_experts_and_models_through_the_bridge(adapters, model_cache, plain_model_folder, image_path, tmp_path):
+def test_experts_on_llama_cpp_are_gguf_adapters_applied_per_request(adapters, model_cache, tmp_path):
+    """A real peft LoRA, converted to a GGUF LoRA at import, changes llama.cpp's answer; a request
+    without it gets the bare answer back; the tiers work as on transformers."""
+    img = open_image(str(tmp_path / "image.fs"))
+    one_adapter = (adapters / "BRICK" / "adapter_model.safetensors").stat().st_size
+    settings = LLMSettings(model_cache=str(model_cache), lora_staging=str(adapters),
+                           max_hot_experts=1, warm_expert_bytes=4 * one_adapter)
+    core = CognitiveCore(img.db, "embedded", settings, tmp_path / "scratch")
+    try:
+        core.awaken()
+        assert core.state == "ready", core.error
+        assert core.backend.engine == "llama.cpp"
+        assert core.stats()["experts"] == {"BRICK": "cold", "ROBIN": "cold"}
+        prompt = "Name three colours."
+        base = core.generate(prompt, max_new_tokens=16).text
+        brick = core.generate(prompt, expert="BRICK", max_new_tokens=16).text
+        assert core.stats()["experts"]["BRICK"] == "hot"
+        assert core.generate(prompt, max_new_tokens=16).text == base  # switching back restores the bare model
+        robin = core.generate(prompt, expert="ROBIN", max_new_tokens=16).text
+        assert len({base, brick, robin}) == 3
+        assert set(core.backend._adapters) == {"ROBIN"}  # one hot slot: BRICK's adapter was freed
+        assert core.generate(prompt, expert="BRICK", max_new_tokens=16).text == brick
+        # a batch runs under the expert too (its adapter's small matrices round differently when
+        # several sequences decode at once, so the text is not promised to equal the answer alone)
+        together = core.backend.generate_many([chat(prompt), chat(prompt)], expert="BRICK", max_new_tokens=16)
+        assert all(g.text and g.text != base and g.expert == "BRICK" for g in together)
+        with pytest.raises(Exception, match="no expert named"):
+            core.generate(prompt, expert="NOBODY", max_new_tokens=4)
+        with in_transaction(img) as root:
+            record = root["pLLM_obj"].lora_repository["BRICK"]
+            assert record.gguf_base == core.backend.name  # the GGUF form is kept beside the original
+            assert Path(record.gguf_blob.committed()).read_bytes()[:4] == b"GGUF"
+            assert Path(record.model_blob.committed()).stat().st_size == one_adapter
+    finally:
+        core.close()
+        img.close()
+
+
+def test_an_adapter_llama_cpp_cannot_apply_is_refused_and_nothing_is_written(adapters, model_cache, tmp_path):
+    dora = tmp_path / "DORA"
+    dora.mkdir()
+    config = json.loads((adapters / "BRICK" / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    (dora / "adapter_model.safetensors").write_bytes((adapters / "BRICK" / "adapter_model.safetensors").read_bytes())
+    img = open_image(str(tmp_path / "image.fs"))
+    core = CognitiveCore(img.db, "embedded", LLMSettings(model_cache=str(model_cache), lora_staging=str(tmp_path / "none")),
+                         tmp_path / "scratch")
+    try:
+        core.awaken()
+        with pytest.raises(Exception, match="DoRA"):
+            core.import_experts(dora)
+        with in_transaction(img) as root:
+            assert "DORA" not in root["pLLM_obj"].lora_repository
+        assert "DORA" not in core.stats()["experts"]
+    finally:
+        core.close()
+        img.close()
+
+
+def test_experts_and_models_through_the_bridge(adapters, model_cache, gguf_model_file, plain_model_folder, image_path,
+                                              tmp_path):
     srv = Server(image_path, env=llm_env(model_cache, BATOS_LORA_STAGING=str(tmp_path / "none"))).start()
     e = ("--endpoint", srv.endpoint)
     try:
@@ -181,14 +272,26 @@ def test_experts_and_models_through_the_bridge(adapters, model_cache, plain_mode
         stats = json.loads(run_cli("stats", *e).stdout)["llm"]
         assert stats["experts"] == {"BRICK": "hot"} and "qwen" in stats["model"]
 
-        copy = run_cli("model", "import", str(plain_model_folder), "--name", "copy", *e, "--timeout", "300")
+        copy = run_cli("model", "import", str(gguf_model_file), "--name", "copy", *e, "--timeout", "300")
         assert copy.returncode == 0, copy.stderr
+        assert json.loads(copy.stdout)["files"] == 1  # the GGUF file as it is, not a dequantized folder
         listed = json.loads(run_cli("model", "list", *e).stdout)
         assert {m["name"] for m in listed["models"]} == {listed["active"], "copy"}
         used = run_cli("model", "use", "copy", *e, "--timeout", "300")
         assert used.returncode == 0, used.stderr
         again = run_cli("send", "pLLM_obj", "infer_", "Name three colours.", "--kw", "max_new_tokens=12", *e)
         assert again.stdout == base.stdout  # the same weights under another name
+        styled_again = run_cli("send", "pLLM_obj", "infer_", "Name three colours.", "--kw", "max_new_tokens=12",
+                               "--expert", "BRICK", *e)
+        assert styled_again.stdout == styled.stdout  # the expert was converted for the new model too
+
+        plain = run_cli("model", "import", str(plain_model_folder), "--name", "plain", *e, "--timeout", "300")
+        assert plain.returncode == 0, plain.stderr
+        assert run_cli("model", "use", "plain", *e, "--timeout", "300").returncode == 0
+        stats = json.loads(run_cli("stats", *e).stdout)["llm"]
+        assert stats["engine"] == "transformers" and stats["dtype"] == "bfloat16" and "folder" in stats["why"]
+        answer = run_cli("send", "pLLM_obj", "infer_", "Name three colours.", "--kw", "max_new_tokens=12", *e)
+        assert answer.returncode == 0 and answer.stdout.strip()
         missing = run_cli("model", "use", "nothing", *e)
         assert missing.returncode == 1 and "not_found" in missing.stderr
         bad = tmp_path / "bad.tar"

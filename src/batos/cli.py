@@ -93,8 +93,33 @@ def cmd_send(client: Client, args) -> Any:
     if args.expert:
         kwargs["expert"] = args.expert
     examples = [parse_example(e) for e in args.example] if args.example else None
-    return client.send(args.target, args.selector, *(parse_arg(a) for a in args.args), intent=args.intent,
-                       examples=examples, wait=not args.no_wait, on_event=show_progress, **kwargs)
+    stream = TextStream(enabled=sys.stdout.isatty() and not args.json)
+    result = client.send(args.target, args.selector, *(parse_arg(a) for a in args.args), intent=args.intent,
+                         examples=examples, wait=not args.no_wait, on_event=stream.on_event, **kwargs)
+    return stream.finish(result)
+
+
+class TextStream:
+    """Model text events printed as they arrive (on a terminal); progress to stderr."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.printed = ""
+
+    def on_event(self, event: dict) -> None:
+        if "text" not in event:
+            show_progress(event)
+        elif self.enabled:
+            self.printed += event["text"]
+            print(event["text"], end="", flush=True)
+
+    def finish(self, result: Any) -> Any:
+        """The result still to print: only the line's end if it was printed piece by piece."""
+        if self.printed and result == self.printed:
+            return ""
+        if self.printed:
+            print()
+        return result
 
 
 def parse_example(text: str) -> dict:

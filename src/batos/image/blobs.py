@@ -41,16 +41,18 @@ class BundleError(BatosError, ValueError):
     code = "import_failed"
 
 
-def sha256_of_file(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file's bytes, read in chunks."""
+def sha256_of_file(path: str | os.PathLike, on_chunk: Callable[[int], None] | None = None) -> str:
+    """The hex sha256 of a file's bytes, read in chunks (``on_chunk`` gets each chunk's size)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
+            if on_chunk:
+                on_chunk(len(chunk))
     return digest.hexdigest()
 
 
-def _blob_from_file(path: Path, keep_source: bool) -> Blob:
+def blob_from_file(path: Path, keep_source: bool) -> Blob:
     """A new Blob holding ``path``'s bytes; moved in when the source need not be kept."""
     blob = Blob()
     if keep_source:
@@ -120,13 +122,18 @@ def scan_folder(folder: str | os.PathLike, name: str = "", progress: Progress | 
         architecture = architectures[0]
     total = sum(p.stat().st_size for p in files)
     sizes, digests, done = {}, {}, 0
+
+    def hashed(size: int) -> None:
+        nonlocal done
+        done += size
+        if progress:
+            progress(f"importing {name}", done, total)
     for path in files:
         relative = path.relative_to(folder).as_posix()
         sizes[relative] = path.stat().st_size
-        digests[relative] = sha256_of_file(path)
-        done += sizes[relative]
-        if progress:
-            progress(f"importing {name}", done, total)
+        digests[relative] = sha256_of_file(path, hashed)
+    if progress and total == 0:
+        progress(f"importing {name}", 0, 0)
     return FolderScan(folder, files, sizes, digests, architecture)
 
 
@@ -143,7 +150,7 @@ def import_folder(folder: str | os.PathLike, name: str, source: str, progress: P
         relative = path.relative_to(scan.folder).as_posix()
         bundle.sizes[relative] = scan.sizes[relative]
         bundle.digests[relative] = scan.digests[relative]
-        bundle.files[relative] = _blob_from_file(path, keep_source=True)
+        bundle.files[relative] = blob_from_file(path, keep_source=True)
     return bundle
 
 
@@ -178,7 +185,7 @@ def adapter_record(folder: str | os.PathLike, name: str) -> UvmObject:
     return UvmObject(
         adapter_name=name,
         config=config,
-        model_blob=_blob_from_file(weights_path, keep_source=True),
+        model_blob=blob_from_file(weights_path, keep_source=True),
         size=weights_path.stat().st_size,
         sha256=sha256_of_file(weights_path),
         imported_at=time.time(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from zope.interface import implementer
 
@@ -51,9 +51,11 @@ class ModelService:
         self._tasks: set[asyncio.Task] = set()
 
     async def infer(self, args: tuple, kwargs: dict, context: Context) -> str:
+        """The model's answer; its text also reaches the client piece by piece as ``{"text"}`` events."""
         check_infer_arguments(args, kwargs)
-        with self._forwarding(context.emit):
-            generation = await asyncio.to_thread(self.core.generate, *args, timeout=MODEL_WAIT_SECONDS, **kwargs)
+        with self._forwarding(context.emit) as forward:
+            generation = await asyncio.to_thread(self.core.generate, *args, timeout=MODEL_WAIT_SECONDS,
+                                                 stream=lambda piece: forward({"text": piece}), **kwargs)
         return generation.text
 
     async def op_upload(self, fields: dict, context: Context) -> dict:
@@ -90,8 +92,9 @@ class ModelService:
             self.uploads.discard(upload_id)
 
     @contextlib.contextmanager
-    def _forwarding(self, emit: Emit) -> Iterator[None]:
-        """While inside, the core's state and progress reach this request's client as events."""
+    def _forwarding(self, emit: Emit) -> Iterator[Callable[[dict], None]]:
+        """While inside, the core's state and progress reach this request's client as events; the
+        function yielded sends further events from any thread, in the order it is called."""
         loop = asyncio.get_running_loop()
 
         def forward(event: dict) -> None:
@@ -99,6 +102,6 @@ class ModelService:
 
         self.core.add_listener(forward)
         try:
-            yield
+            yield forward
         finally:
             self.core.remove_listener(forward)

@@ -63,6 +63,35 @@ def link_bundle(pllm: UvmObject, name: str, folder: str | os.PathLike) -> None:
     pllm.model_bundles[name].link_into(folder)
 
 
+def gguf_file(pllm: UvmObject, name: str) -> str | None:
+    """The committed file of model ``name`` if it is a single GGUF model (no config.json), else None."""
+    files = pllm.model_bundles[name].files
+    ggufs = [relative for relative in files if relative.endswith(".gguf")]
+    if len(ggufs) != 1 or "config.json" in files:
+        return None
+    return files[ggufs[0]].committed()
+
+
+def gguf_experts(pllm: UvmObject, model: str) -> tuple[list[tuple[str, dict, str, int]], list[tuple[str, dict, str]]]:
+    """Experts as llama.cpp needs them for ``model``: (name, config, GGUF LoRA file, size) of those
+    converted for it, and (name, config, peft weights file) of those still to convert."""
+    ready, missing = [], []
+    for name, record in pllm.lora_repository.items():
+        slots = record._slots
+        if slots.get("gguf_base") == model and slots.get("gguf_blob") is not None:
+            ready.append((name, dict(record.config), slots["gguf_blob"].committed(), record.size))
+        else:
+            missing.append((name, dict(record.config), record.model_blob.committed()))
+    return ready, missing
+
+
+def add_gguf_lora(pllm: UvmObject, name: str, model: str, blob: Any) -> None:
+    """Keep ``blob``, expert ``name`` converted to a GGUF LoRA for ``model`` (the peft original stays)."""
+    record = pllm.lora_repository[name]
+    record.gguf_blob = blob
+    record.gguf_base = model
+
+
 def experts(pllm: UvmObject) -> list[tuple[str, dict, str, int]]:
     """Every expert as (name, config, committed weights file, size)."""
     return [(name, dict(record.config), record.model_blob.committed(), record.size)

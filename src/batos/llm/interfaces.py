@@ -27,8 +27,8 @@ class IBackend(Interface):
 
     def generate_many(conversations, expert=None, max_new_tokens=256, stop=None, temperature=0.0, seed=None):
         """One Generation per conversation, in order, each as ``generate`` would have answered it
-        alone (greedy answers are the same); independent prompts are generated together where the
-        engine can."""
+        alone (greedy answers of the bare model are the same text; under an expert they may differ
+        by rounding); independent prompts are generated together where the engine can."""
 
     def stats():
         """Plain data describing the backend: model, devices, experts and their tiers."""

@@ -29,6 +29,7 @@ from batos.llm.interfaces import IBackend
 from batos.llm.settings import LLMSettings
 
 log = logging.getLogger(__name__)
+native_log = logging.getLogger(f"{__name__}.native")
 
 PIECE_BYTES = 256
 # llama.cpp computes a batch of fewer than 8 tokens with other kernels than a larger batch, and
@@ -70,6 +71,7 @@ class LlamaCppBackend:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self._lib = llama_cpp
+        _route_native_logs(llama_cpp)
         self.name = name
         self.settings = settings
         self.model_file = str(model_file)
@@ -361,6 +363,27 @@ class LlamaCppBackend:
             self.batch.close()
             self.context.close()
             self.model.close()
+
+
+_native_callback = None  # kept referenced: llama.cpp holds only its address
+NATIVE_LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # ggml.h: 1 debug, 2 info, 3 warn, 4 error, 5 continued
+
+
+def _route_native_logs(llama_cpp) -> None:
+    """llama.cpp's own messages go to logging, never to the process's stderr: that may be a pipe
+    nobody reads, and a full pipe would block the thread loading the model."""
+    global _native_callback
+    if _native_callback is not None:
+        return
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data) -> None:
+        message = text.decode("utf-8", "replace").rstrip()
+        if message:
+            native_log.log(NATIVE_LEVELS.get(level, logging.DEBUG), "%s", message)
+
+    _native_callback = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
