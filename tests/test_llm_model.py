@@ -52,11 +52,14 @@ def adapters(tmp_path_factory, plain_model_folder) -> Path:
 
 def test_default_model_imports_into_a_fresh_image_and_generates_after_restart(image_path, model_cache):
     srv = Server(image_path, env=llm_env(model_cache)).start()
-    with srv.client(timeout=600) as c:
-        assert c.stats()["llm"]["state"] != "off"  # the bridge answers while the model is still coming
-        first = c.send("pLLM_obj", "infer_", HAIKU, max_new_tokens=24)
-        llm = c.stats()["llm"]
-        maps = Path(f"/proc/{c.ping()['pid']}/maps").read_text()
+    try:
+        with srv.client(timeout=600) as c:
+            assert c.stats()["llm"]["state"] != "off"  # the bridge answers while the model is still coming
+            first = c.send("pLLM_obj", "infer_", HAIKU, max_new_tokens=24)
+            llm = c.stats()["llm"]
+            maps = Path(f"/proc/{c.ping()['pid']}/maps").read_text()
+    finally:
+        assert srv.stop() == 0
     assert isinstance(first, str) and len(first.split()) >= 3
     assert "qwen" in llm["model"] and llm["device_map"] and llm["state"] == "ready"
     # llama.cpp serves the GGUF from the blob's committed file, mapped in place: no copy anywhere
@@ -64,7 +67,6 @@ def test_default_model_imports_into_a_fresh_image_and_generates_after_restart(im
     assert "GGUF" in llm["why"] and "core" in llm["why"]
     blob_folder = Path(f"{image_path}.blob")
     assert Path(llm["model_file"]).is_relative_to(blob_folder) and llm["model_file"] in maps
-    assert srv.stop() == 0
     with opened_root(image_path) as root:
         bundle = root["pLLM_obj"].model_bundles[llm["model"]]
         assert bundle.files["model.gguf"].committed() == llm["model_file"]
