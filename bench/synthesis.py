@@ -20,13 +20,13 @@ import transaction
 
 from batos.image import open_image
 from batos.image.objects import oid_text
-from batos.llm.default_model import default_model_folder
-from batos.llm.embedded import EmbeddedBackend
-from batos.llm.settings import LLMSettings
 from batos.mind import guardian
 from batos.mind.cycle import CyclePolicy, CycleRunner
 from batos.mind.synthesis import build_messages, extract_function
 from batos.sandbox.verify import verify
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engines import ENGINES, make_backend  # noqa: E402
 
 
 def spec(selector, intent, slots, *examples):
@@ -154,7 +154,7 @@ def answers(generation) -> list[str]:
     return [generation.text, *generation.alternatives]
 
 
-def single_shot(backend: EmbeddedBackend, item: dict) -> tuple[bool, float]:
+def single_shot(backend, item: dict) -> tuple[bool, float]:
     started = time.perf_counter()
     answer = backend.generate(build_messages(brief_for(item), []), max_new_tokens=256).text
     source = extract_function(answer, item["selector"])
@@ -168,7 +168,7 @@ def single_shot(backend: EmbeddedBackend, item: dict) -> tuple[bool, float]:
     return ok, time.perf_counter() - started
 
 
-def with_cycle(backend: EmbeddedBackend, item: dict, workdir: Path, number: int) -> tuple[bool, float, int]:
+def with_cycle(backend, item: dict, workdir: Path, number: int) -> tuple[bool, float, int]:
     img = open_image(str(workdir / f"cycle-{number}.fs"))
     try:
         manager = transaction.TransactionManager(explicit=True)
@@ -201,10 +201,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=len(SUITE), help="run only the first N specs")
     parser.add_argument("--suite", choices=("all", "original", "harder"), default="all")
+    parser.add_argument("--engines", default="llama.cpp",
+                        help=f"comma-separated engines to run in turn, the first compared with the others ({', '.join(ENGINES)})")
     args = parser.parse_args()
+    engines = [e for e in args.engines.split(",") if e]
+    if set(engines) - set(ENGINES):
+        parser.error(f"unknown engines: {', '.join(sorted(set(engines) - set(ENGINES)))}")
     chosen = [item for item in SUITE if args.suite in ("all", item["suite"])][:args.limit]
-    backend = EmbeddedBackend(default_model_folder(LLMSettings().model_cache, "bfloat16"), LLMSettings(), "default")
     workdir = Path(tempfile.mkdtemp(prefix="batos-synthesis-"))
+    results = {}
+    for engine in engines:
+        print(f"== {engine}", flush=True)
+        backend = make_backend(engine)
+        results[engine] = run_suite(backend, chosen, workdir / engine)
+        backend.close()
+        for suite in ("original", "harder", "all"):
+            report([r for r in results[engine] if suite in ("all", r[6])], f"{engine}, {suite}")
+    first = engines[0]
+    for other in engines[1:]:
+        compare(results[first], results[other], first, other)
+
+
+def run_suite(backend, chosen: list[dict], workdir: Path) -> list[tuple]:
+    workdir.mkdir(parents=True)
     rows = []
     for number, item in enumerate(chosen):
         shot_ok, shot_seconds = single_shot(backend, item)
@@ -212,8 +231,16 @@ def main() -> None:
         rows.append((item["selector"], shot_ok, shot_seconds, cycle_ok, cycle_seconds, iterations, item["suite"]))
         print(f"{item['selector']:<24} single-shot {'ok ' if shot_ok else 'no '} {shot_seconds:6.1f} s   "
               f"cycle {'ok ' if cycle_ok else 'no '} {cycle_seconds:6.1f} s  ({iterations} iteration(s))", flush=True)
-    for suite in ("original", "harder", "all"):
-        report([r for r in rows if suite in ("all", r[6])], suite)
+    return rows
+
+
+def compare(fast: list[tuple], slow: list[tuple], fast_name: str, slow_name: str) -> None:
+    """How many times faster ``fast`` wrote methods than ``slow`` (median latencies), and what each solved."""
+    def median(rows, column):
+        return statistics.median(r[column] for r in rows)
+    print(f"\n{slow_name} / {fast_name} median latency: single-shot {median(slow, 2) / median(fast, 2):.2f}x, "
+          f"cycle {median(slow, 4) / median(fast, 4):.2f}x;  solved single-shot {sum(r[1] for r in fast)} vs "
+          f"{sum(r[1] for r in slow)}, cycle {sum(r[3] for r in fast)} vs {sum(r[3] for r in slow)} (of {len(fast)})")
 
 
 def report(rows: list[tuple], suite: str) -> None:
