@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from batos.client import RemoteError
-from batos.image.blobs import adapter_record
+from batos.image.blobs import adapter_record, blob_from_file
 
 from conftest import ADD, EXAMPLE, ScriptedModel, Server, make_counter, opened_root, run_cli, uvm
 
@@ -130,6 +130,24 @@ def test_doctor_finds_a_blob_file_replaced_by_a_link(image_path, tmp_path):
     os.remove(blob_file)
     os.symlink(elsewhere, blob_file)
     assert any("not a regular file" in p for p in doctor_problems(image_path))
+
+
+def test_doctor_finds_an_experts_gguf_form_replaced_by_a_link(image_path, tmp_path):
+    adapter_image(image_path, tmp_path)
+    converted = tmp_path / "adapter.gguf"
+    converted.write_bytes(b"GGUF" + b"\0" * 64)
+    with opened_root(image_path) as root:
+        record = root["pLLM_obj"]._slots["lora_repository"]["expert"]
+        record._slots["gguf_blob"] = blob_from_file(converted, keep_source=False)
+    with opened_root(image_path) as root:
+        blob_file = root["pLLM_obj"]._slots["lora_repository"]["expert"]._slots["gguf_blob"].committed()
+    assert doctor_problems(image_path) == []
+    os.chmod(blob_file, 0o644)
+    os.remove(blob_file)
+    (tmp_path / "elsewhere.gguf").write_bytes(b"GGUF" + b"\0" * 64)
+    os.symlink(tmp_path / "elsewhere.gguf", blob_file)
+    problems = doctor_problems(image_path)
+    assert any("not a regular file" in p for p in problems), problems
 
 
 def test_doctor_finds_blob_bytes_that_no_longer_match(image_path, tmp_path):
