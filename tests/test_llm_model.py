@@ -101,11 +101,40 @@ def test_infer_streams_its_text_to_the_client_before_the_reply(image_path, model
             started = time.perf_counter()
             text = c.send("pLLM_obj", "infer_", "Explain what a linked list is.", max_new_tokens=60, on_event=on_event)
             replied = time.perf_counter()
+        on_a_terminal = run_on_a_terminal("send", "pLLM_obj", "infer_", "Explain what a linked list is.",
+                                          "--kw", "max_new_tokens=60", "--endpoint", srv.endpoint)
     finally:
         srv.stop()
     assert len(arrivals) >= 10
     assert "".join(piece for _, piece in arrivals) == text
     assert arrivals[0][0] - started < (replied - started) / 3  # the first piece long before the reply
+    # `batos send` on a terminal prints the pieces as they come, and the text only once
+    assert on_a_terminal.replace("\r\n", "\n").strip() == text.strip()
+
+
+def run_on_a_terminal(*args: str) -> str:
+    """What `batos ARGS` prints (stdout and stderr) when both are a terminal."""
+    import os
+    import pty
+    import subprocess
+
+    from conftest import BATOS
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen([*BATOS, *args], stdout=slave, stderr=slave)
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal closed: the process has exited
+            break
+        if not chunk:
+            break
+        output += chunk
+    process.wait(60)
+    os.close(master)
+    return output.decode("utf-8", "replace")
 
 
 def test_kill_9_during_the_genesis_import_leaves_no_half_bundle(image_path, model_cache):

@@ -202,6 +202,7 @@ class LlamaCppBackend:
         sequences = [self._start(slot, prompt, expert, max_new_tokens, stop, temperature, seed)
                      for slot, prompt in enumerate(prompts)]
         try:
+            self._share_prefix(sequences)
             while not all(s.done for s in sequences):
                 self._step(sequences)
                 if stream is not None:
@@ -248,34 +249,72 @@ class LlamaCppBackend:
             sampler.add_dist(self._lib.LLAMA_DEFAULT_SEED if seed is None else seed & 0xFFFFFFFF)
         return sampler
 
+    def _share_prefix(self, sequences: list[_Sequence]) -> None:
+        """Decode the beginning the prompts share once, in the sequence that holds most of it, and
+        copy its cache to the sequences that lack it (a persona's system prompt, a repeated prompt)."""
+        if len(sequences) < 2:
+            return
+        shared = min(_common_prefix(sequences[0].prompt, s.prompt) for s in sequences[1:])
+        shared = min(shared, min(len(s.prompt) for s in sequences) - EXACT_CHUNK)  # each keeps 8 of its own
+        leader = max(sequences, key=lambda s: len(s.decoded))
+        followers = [s for s in sequences if s is not leader and len(s.decoded) < shared]
+        if not followers or shared < EXACT_CHUNK:
+            return
+        held = len(leader.decoded)
+        if held < shared:
+            if shared - held < EXACT_CHUNK:  # decode at least 8 tokens at once
+                held = shared - EXACT_CHUNK
+                self._lib.llama_memory_seq_rm(self.context.memory, leader.slot, held, -1)
+                del leader.decoded[held:]
+            self._prefill(leader, leader.prompt[held:shared])
+            leader.pending = leader.prompt[shared:]
+        for s in followers:
+            self._lib.llama_memory_seq_cp(self.context.memory, leader.slot, s.slot, -1, -1)
+            self._lib.llama_memory_seq_rm(self.context.memory, s.slot, shared, -1)
+            self.reused_tokens += shared - len(s.decoded)
+            s.decoded, s.pending = s.prompt[:shared], s.prompt[shared:]
+
+    def _prefill(self, s: _Sequence, tokens: list[int]) -> None:
+        """Decode ``tokens`` of one sequence's prompt without sampling, in chunks of 8 or more."""
+        while tokens:
+            size = _chunk_size(len(tokens), self.settings.batch_tokens)
+            self.batch.batch.n_tokens = 0
+            self._put(s, tokens[:size])
+            self._decode()
+            tokens = tokens[size:]
+
+    def _put(self, s: _Sequence, tokens: list[int]) -> None:
+        """Append ``tokens`` of sequence ``s`` to the batch, at the positions after what it holds."""
+        batch = self.batch.batch
+        for token in tokens:
+            i = batch.n_tokens
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, len(s.decoded), 1
+            batch.seq_id[i][0], batch.logits[i] = s.slot, False
+            s.decoded.append(token)
+            batch.n_tokens += 1
+
+    def _decode(self) -> None:
+        status = self._lib.llama_decode(self.context.ctx, self.batch.batch)
+        if status != 0:
+            raise BackendError(f"llama.cpp could not decode the batch (status {status})", transient=False)
+
     def _step(self, sequences: list[_Sequence]) -> None:
         """Decode one batch: a chunk of one sequence's prompt, or else each sequence's last sampled
         token. (Prompts of several sequences decoded in one batch give logits that differ from each
         prompt decoded alone; one token per sequence does not.)"""
         batch = self.batch.batch
         batch.n_tokens = 0
-        room = self.settings.batch_tokens
         prompting = [s for s in sequences if not s.done and len(s.pending) > 1]
         for s in prompting[:1] or sequences:
-            if s.done or not s.pending or room == 0:
+            if s.done or not s.pending:
                 continue
-            size = min(room, len(s.pending))
-            if 0 < len(s.pending) - size < EXACT_CHUNK:  # never leave a remainder of under 8 tokens
-                size = len(s.pending) - EXACT_CHUNK
+            size = _chunk_size(len(s.pending), self.settings.batch_tokens)
             take, s.pending = s.pending[:size], s.pending[size:]
-            for token in take:
-                i = batch.n_tokens
-                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, len(s.decoded), 1
-                batch.seq_id[i][0], batch.logits[i] = s.slot, False
-                s.decoded.append(token)
-                batch.n_tokens += 1
-            room -= len(take)
+            self._put(s, take)
             if not s.pending:
                 batch.logits[batch.n_tokens - 1] = True
                 s.logits_at = batch.n_tokens - 1
-        status = self._lib.llama_decode(self.context.ctx, batch)
-        if status != 0:
-            raise BackendError(f"llama.cpp could not decode the batch (status {status})", transient=False)
+        self._decode()
         for s in sequences:
             if s.logits_at is not None:
                 token = self._lib.llama_sampler_sample(s.sampler.sampler, self.context.ctx, s.logits_at)
@@ -384,6 +423,15 @@ def _route_native_logs(llama_cpp) -> None:
 
     _native_callback = callback
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+def _chunk_size(pending: int, room: int) -> int:
+    """How many of ``pending`` prompt tokens to decode now: at most ``room``, never leaving fewer
+    than 8 behind (see EXACT_CHUNK)."""
+    size = min(room, pending)
+    if 0 < pending - size < EXACT_CHUNK:
+        size = pending - EXACT_CHUNK
+    return size
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
