@@ -10,9 +10,10 @@ from typing import Any
 
 from batos.llm.generation import Message
 
+# The same for every mission, so that the model's prompt cache keeps it from one method to the next.
 SYSTEM_PROMPT = """You write exactly one Python method for a persistent prototype object system.
 Rules:
-1. Answer with one function definition `def {selector}(self, ...)` and nothing else: no prose, no imports, no classes, no example calls.
+1. Answer with one function definition, the `def` line the message asks for, and nothing else: no prose, no imports, no classes, no example calls.
 2. `self` is the object receiving the message. Read and write its slots as attributes, e.g. `self.total`.
 3. The Persistence Covenant: if the function assigns any `self.<slot>`, then the statement just before its final `return` (or its last statement) must be `self._p_changed = True`.
 4. Never use names or attributes that begin with `_` (only `self._p_changed` is allowed), and never use eval, exec, open, compile, globals, vars, getattr or setattr.
@@ -63,7 +64,7 @@ def build_messages(brief: dict[str, Any], attempts: list[dict[str, Any]]) -> lis
         lines.append(f"Example: {describe_value(example, 300)}")
     lines.append(f"Write `{signature(brief)}` so that the call above works.")
     messages: list[Message] = [
-        {"role": "system", "content": SYSTEM_PROMPT.replace("{selector}", selector)},
+        {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": "\n\n".join(lines)},
     ]
     for attempt in attempts[-2:]:  # the last two failures are enough context for a small model
