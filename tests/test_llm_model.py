@@ -329,6 +329,12 @@ def test_experts_and_models_through_the_bridge(adapters, model_cache, gguf_model
         bad.write_bytes(b"not a tar")
         refused = run_cli("expert", "import", str(bad), *e)
         assert refused.returncode == 1 and "import_failed" in refused.stderr
+        corrupt = tmp_path / "corrupt.gguf"
+        corrupt.write_bytes(b"GGUF" + bytes(range(256)) * 8)
+        before = json.loads(run_cli("model", "list", *e).stdout)
+        refused = run_cli("model", "import", str(corrupt), *e)
+        assert refused.returncode == 1 and "import_failed" in refused.stderr and "GGUF" in refused.stderr
+        assert json.loads(run_cli("model", "list", *e).stdout) == before  # nothing written
     finally:
         assert srv.stop() == 0
 

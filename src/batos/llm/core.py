@@ -315,6 +315,9 @@ class CognitiveCore:
         except OSError:
             shutil.copyfile(source, gguf)
         if self.default_engine() == "llama.cpp":
+            from batos.llm.lora_gguf import check_model_file
+
+            check_model_file(gguf)
             return folder
         return convert_gguf(gguf, work / "converted", self.settings.model_dtype, self._report)
 

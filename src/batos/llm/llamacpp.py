@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from zope.interface import implementer
 
+from batos.image.blobs import BundleError
 from batos.llm.experts import ColdExpert, ExpertTiers
 from batos.llm.generation import BackendError, Generation, Message, Stream
 from batos.llm.interfaces import IBackend
@@ -81,8 +82,8 @@ class LlamaCppBackend:
         model_params = llama_cpp.llama_model_default_params()
         model_params.use_mmap = True
         model_params.n_gpu_layers = 0
-        # Repacked weights decode no faster here, and their kernels for one column and for several
-        # round differently: without them a batched greedy answer equals the same prompt alone.
+        # Repacked weights decode no faster here (measured); without them there are fewer kernels
+        # whose rounding the exactness rules above have to account for.
         model_params.use_extra_bufts = False
         self.model = LlamaModel(path_model=self.model_file, params=model_params, verbose=False)
         self.parallel = settings.parallel_sequences
@@ -95,10 +96,13 @@ class LlamaCppBackend:
         params.n_threads = params.n_threads_batch = self.threads
         self.context = LlamaContext(model=self.model, params=params, verbose=False)
         self.batch = LlamaBatch(n_tokens=settings.batch_tokens, embd=0, n_seq_max=1, verbose=False)
-        metadata = self.model.metadata()
+        template = self.model.metadata().get("tokenizer.chat_template")
+        if not template:
+            self.model.close()
+            raise BundleError(f"model {name!r} has no chat template (tokenizer.chat_template) in its GGUF file")
         self.quantization = _quantization(self.model)
         self.formatter = Jinja2ChatFormatter(
-            template=metadata["tokenizer.chat_template"],
+            template=template,
             eos_token=self._token_text(self.model.token_eos()), bos_token=self._token_text(self.model.token_bos()))
         self.load_seconds = time.perf_counter() - started
         self._cached: list[tuple[str | None, list[int]]] = [(None, []) for _ in range(self.parallel)]

@@ -30,10 +30,25 @@ def base_architecture(gguf_path: str | os.PathLike) -> tuple[str, int]:
     return architecture, blocks
 
 
+def check_model_file(path: str | os.PathLike) -> None:
+    """BundleError unless ``path`` is a GGUF model llama.cpp can chat with: a readable header, not
+    an adapter, with an architecture and a chat template."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:
+        raise BundleError(f"{Path(path).name} is not a GGUF file that can be read ({type(exc).__name__}: {exc})") from None
+    if "general.type" in reader.fields and str(reader.fields["general.type"].contents()) == "adapter":
+        raise BundleError(f"{Path(path).name} is a GGUF adapter, not a model")
+    for key in ("general.architecture", "tokenizer.chat_template"):
+        _field_text(reader, key)
+
+
 def _field_text(reader, key: str) -> str:
     field = reader.fields.get(key)
     if field is None:
-        raise BundleError(f"the base model has no {key}")
+        raise BundleError(f"the GGUF model has no {key}")
     return str(field.contents())
 
 
