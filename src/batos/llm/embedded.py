@@ -202,7 +202,6 @@ class EmbeddedBackend:
             torch.cuda.empty_cache()
 
 
-
 def _streamer(tokenizer, stream: Stream):
     """A transformers streamer that hands each finished piece of the new text to ``stream``."""
     from transformers import TextStreamer

@@ -373,21 +373,6 @@ class LlamaCppBackend:
             self._lib.llama_memory_clear(self.context.memory, True)
             self._cached = [(None, []) for _ in range(self.parallel)]
 
-    def logits(self, text: str):
-        """The next-token logits after ``text`` (for checks that two loads are the same model)."""
-        import numpy as np
-
-        with self._lock:
-            tokens = self.model.tokenize(text.encode("utf-8"), add_bos=self.model.add_bos_token(), special=False)
-            self._lib.llama_memory_seq_rm(self.context.memory, 0, 0, -1)
-            self._cached[0] = (None, [])
-            s = _Sequence(0, tokens, 1, [], pending=list(tokens))
-            s.sampler = self._sampler(0.0, None)
-            self._step([s])  # samples one token and leaves the logits in place
-            s.sampler.close()
-            pointer = self._lib.llama_get_logits_ith(self.context.ctx, -1)
-            return np.ctypeslib.as_array(pointer, shape=(self._lib.llama_vocab_n_tokens(self.model.vocab),)).copy()
-
     def stats(self) -> dict[str, Any]:
         return {
             "backend": "embedded", "engine": self.engine, "model": self.name, "model_file": self.model_file,

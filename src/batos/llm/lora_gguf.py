@@ -1,4 +1,4 @@
-"""Turning a peft LoRA adapter into a GGUF LoRA adapter that llama.cpp applies to a GGUF model.
+"""GGUF files for llama.cpp: a peft LoRA adapter converted to a GGUF LoRA, and a model file checked.
 
 The adapter's A and B matrices are written unchanged under llama.cpp's tensor names for the base
 model's architecture (the A matrix of ``model.layers.3.self_attn.q_proj`` becomes ``blk.3.attn_q.weight.lora_a``), with
