@@ -38,14 +38,11 @@ BATCH = ("Write a Python function that checks whether a string is a palindrome, 
 
 
 def synthesis_prompt() -> list[dict]:
+    """The covenant prompt the cognitive cycle sends for the first spec of bench/synthesis.py."""
     from batos.mind.synthesis import build_messages
+    from synthesis import SUITE, brief_for
 
-    brief = {"target": "0x2f", "selector": "add_to_total", "args": [5], "kwargs": {},
-             "intent": "add the argument to the total slot and return the new total",
-             "examples": [{"slots": {"total": 10}, "args": [5], "result": 15, "after": {"total": 15}}],
-             "slots": {"name": "subject", "total": 10}, "methods": ["clone", "describe", "oid", "slot_names"],
-             "related_sources": []}
-    return build_messages(brief, [])
+    return build_messages(brief_for(SUITE[0]), [])
 
 
 def process_memory() -> dict[str, float]:
