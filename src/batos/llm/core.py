@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import transaction
 import ZODB
@@ -239,15 +239,25 @@ class CognitiveCore:
 
     def _convert_expert(self, expert: str, config: dict, weights: str, model: str, model_file: str) -> tuple:
         """Convert a stored expert to a GGUF LoRA for ``model`` and keep it in the image beside the original."""
+        with self._lora_work() as work:
+            self._in_pllm(lambda pllm: self._add_gguf_lora(pllm, expert, config, weights, model, model_file, work))
+        ready, _ = self._in_pllm(lambda pllm: catalog.gguf_experts(pllm, model))
+        return next(entry for entry in ready if entry[0] == expert)
+
+    @staticmethod
+    def _add_gguf_lora(pllm, expert: str, config: dict, weights, model: str, model_file: str, work: Path) -> None:
+        """Inside the caller's transaction: convert the adapter and store its GGUF LoRA form
+        (BundleError, and so nothing stored, for an adapter llama.cpp cannot apply)."""
         from batos.llm.lora_gguf import convert_lora
 
+        converted = convert_lora(config, weights, model_file, work / "adapter.gguf")
+        catalog.add_gguf_lora(pllm, expert, model, blob_from_file(converted, keep_source=True))
+
+    @contextlib.contextmanager
+    def _lora_work(self) -> Iterator[Path]:
         work = Path(tempfile.mkdtemp(prefix="lora-", dir=self._scratch_dir()))
         try:
-            converted = convert_lora(config, weights, model_file, work / "adapter.gguf")
-            self._in_pllm(lambda pllm: catalog.add_gguf_lora(pllm, expert, model,
-                                                             blob_from_file(converted, keep_source=True)))
-            ready, _ = self._in_pllm(lambda pllm: catalog.gguf_experts(pllm, model))
-            return next(entry for entry in ready if entry[0] == expert)
+            yield work
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -343,24 +353,18 @@ class CognitiveCore:
     def _import_expert(self, folder: Path, name: str) -> str:
         """Store the adapter in ``folder`` (and, under llama.cpp, its GGUF LoRA form) in one
         transaction; an adapter the engine cannot apply is refused and nothing is written."""
-        from batos.llm.lora_gguf import convert_lora
-
         gguf_model = getattr(self.backend, "model_file", None)
-        work = Path(tempfile.mkdtemp(prefix="lora-", dir=self._scratch_dir()))
-
-        def add(pllm):
-            record = adapter_record(folder, name)
-            if not catalog.add_expert(pllm, name, record):
-                return False
-            if gguf_model is not None:
-                converted = convert_lora(dict(record.config), folder / ADAPTER_WEIGHTS, gguf_model, work / "adapter.gguf")
-                catalog.add_gguf_lora(pllm, name, self.backend.name, blob_from_file(converted, keep_source=True))
-            return True
-        try:
+        with self._lora_work() as work:
+            def add(pllm):
+                record = adapter_record(folder, name)
+                if not catalog.add_expert(pllm, name, record):
+                    return False
+                if gguf_model is not None:
+                    self._add_gguf_lora(pllm, name, dict(record.config), folder / ADAPTER_WEIGHTS,
+                                        self.backend.name, gguf_model, work)
+                return True
             if not self._in_pllm(add):
                 return name  # the same adapter: nothing to do
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         if self.backend is not None:
             self._tell_backend(name)
         log.info("expert %s imported", name)

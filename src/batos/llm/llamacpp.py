@@ -267,6 +267,7 @@ class LlamaCppBackend:
         held = len(leader.decoded)
         if held < shared:
             if shared - held < EXACT_CHUNK:  # decode at least 8 tokens at once
+                self.reused_tokens -= held - (shared - EXACT_CHUNK)
                 held = shared - EXACT_CHUNK
                 self._lib.llama_memory_seq_rm(self.context.memory, leader.slot, held, -1)
                 del leader.decoded[held:]
@@ -351,21 +352,17 @@ class LlamaCppBackend:
             piece, s.streamed = s.text[s.streamed:end], end
             stream(piece)
 
-    def _piece(self, token: int) -> bytes:
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (special tokens render as their text only if ``special``)."""
         buffer = ctypes.create_string_buffer(PIECE_BYTES)
-        n = self._lib.llama_token_to_piece(self.model.vocab, token, buffer, PIECE_BYTES, 0, False)
+        n = self._lib.llama_token_to_piece(self.model.vocab, token, buffer, PIECE_BYTES, 0, special)
         if n < 0:
             buffer = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self.model.vocab, token, buffer, -n, 0, False)
+            n = self._lib.llama_token_to_piece(self.model.vocab, token, buffer, -n, 0, special)
         return buffer.raw[:n]
 
     def _token_text(self, token: int) -> str:
-        return self._piece_special(token).decode("utf-8", "replace")
-
-    def _piece_special(self, token: int) -> bytes:
-        buffer = ctypes.create_string_buffer(PIECE_BYTES)
-        n = self._lib.llama_token_to_piece(self.model.vocab, token, buffer, PIECE_BYTES, 0, True)
-        return buffer.raw[:max(n, 0)]
+        return self._piece(token, special=True).decode("utf-8", "replace")
 
     def forget_prompts(self) -> None:
         """Empty every sequence's cache: the next prompts are decoded whole."""
