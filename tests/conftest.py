@@ -259,3 +259,50 @@ def make_counter(image_path):
         counter.name = "counter"
         counter.total = 10
         root["counter_obj"] = counter
+
+
+# --- a scripted model for the mind: answers by what it is asked (plan, facet, reply, tie-break) ---
+
+def mind_request_kind(body: dict) -> str:
+    last = body["messages"][-1]["content"]
+    if "Classify the question" in last:
+        return "route"
+    if "Reply with JSON only" in last or "JSON plan only" in last:
+        return "plan"
+    if "Your part of it:" in last:
+        return "facet"
+    if "Write `def " in last or "Write the corrected" in last:
+        return "method"
+    return "reply"
+
+
+class ScriptedMind(JsonHandler):
+    """Answers by kind: ``answers[kind]`` is a list used in order (its last item repeats); an int
+    item is an HTTP error code. ``delays[kind]`` seconds before answering."""
+
+    answers: dict[str, list] = {}
+    requests: list[tuple[str, dict]] = []
+    delays: dict[str, float] = {}
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        kind = mind_request_kind(body)
+        ScriptedMind.requests.append((kind, body))
+        time.sleep(ScriptedMind.delays.get(kind, 0.0))
+        queue = ScriptedMind.answers.get(kind) or [f"A {kind} answer about the question, in several plain words."]
+        answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(answer, int):
+            return self.answer(answer, {"error": {"message": f"scripted failure {answer}"}})
+        self.answer(200, {"choices": [{"message": {"content": answer}}]})
+
+
+def kinds_asked() -> list[str]:
+    return [kind for kind, _ in ScriptedMind.requests]
+
+
+@pytest.fixture
+def mind_server():
+    """A scripted model for asks; set ScriptedMind.answers / delays in the test. Its base URL."""
+    ScriptedMind.answers, ScriptedMind.requests, ScriptedMind.delays = {}, [], {}
+    with serve_http(ScriptedMind) as url:
+        yield url

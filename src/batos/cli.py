@@ -122,6 +122,152 @@ class TextStream:
         return result
 
 
+# --- the mind ----------------------------------------------------------------------------------
+
+ASK_TIMEOUT = 600.0  # a dialogue's model calls can be silent this long between events
+
+
+def route_line(route: dict) -> str:
+    partners = f", then {', '.join(route['partners'])}" if route.get("partners") else ""
+    return f"[route: {route['archetype']} → {route['lead']}{partners}]"
+
+
+class DialoguePrinter:
+    """A dialogue as it happens: the route on stderr, each turn's persona then its text as it
+    streams (stdout), progress on stderr."""
+
+    def __init__(self, out=None):
+        self.out = out or sys.stdout
+        self.at_line_start = True
+        self.streamed: dict[str, str] = {}  # cycle id -> text printed
+        self.current: str | None = None
+
+    def on_event(self, event: dict) -> None:
+        if "route" in event:
+            print(route_line(event["route"]), file=sys.stderr, flush=True)
+        elif "turn" in event:
+            turn = event["turn"]
+            self.current = turn["cycle"]
+            self._write(("" if self.at_line_start else "\n") + f"{turn['persona']}: ")
+        elif "text" in event:
+            self.streamed[self.current] = self.streamed.get(self.current, "") + event["text"]
+            self._write(event["text"])
+        elif event.get("state") == "SYNTHESIZING" and self.streamed.get(event.get("cycle")):
+            self.streamed[event["cycle"]] = ""
+            self._write("\n  (the reply failed the quality gate; revising)\n  ")
+
+    def _write(self, text: str) -> None:
+        if text:
+            self.out.write(text)
+            self.out.flush()
+            self.at_line_start = text.endswith("\n")
+
+    def finish(self, result: dict) -> str:
+        """What is left to print once the reply has come: turns that did not stream, a failed
+        partner's reason."""
+        lines = []
+        for turn in result["turns"]:
+            if turn["state"] != "COMPLETE":
+                lines.append(f"{turn['persona']}: (no answer: {turn.get('reason')})")
+            elif not self.streamed.get(turn["cycle"]):
+                lines.append(f"{turn['persona']}: {turn['text']}")
+        if not self.at_line_start:
+            self._write("\n")
+        return "\n".join(lines)
+
+
+def cmd_ask(client: Client, args) -> Any:
+    printer = DialoguePrinter()
+    result = client.ask(args.question, persona=args.persona, conversation=args.conversation, depth=args.depth,
+                        on_event=None if args.json else printer.on_event, timeout=max(args.timeout, ASK_TIMEOUT))
+    return result if args.json else printer.finish(result)
+
+
+def cmd_route(client: Client, args) -> Any:
+    if args.teach:
+        return client.call("route_teach", text=args.question, archetype=args.teach)
+    route = client.route(args.question)
+    if args.json:
+        return route
+    scores = ", ".join(f"{a} {s:.2f}" for a, s in sorted(route["scores"].items(), key=lambda kv: -kv[1]))
+    return f"{route_line(route)} depth {route['depth']}, decided by {route['decided_by']} ({scores})"
+
+
+def cmd_personas(client: Client, args) -> Any:
+    personas = client.call("personas")
+    if args.json:
+        return personas
+    blocks = []
+    for p in personas:
+        facets = "\n".join(f"    {f['selector']:<22} {'compiled v' + str(f['version']) if f['compiled'] else 'not compiled'}"
+                           f"  {f['intent'][:70]}" for f in p["facets"])
+        blocks.append(f"{p['name']}: {p['identity']}\n  mandate: {p['mandate']}\n  voice: {p['voice']}\n"
+                      f"  bound to: {p['bound_to']} ({p['expert']})\n  facets:\n{facets}")
+    return "\n\n".join(blocks)
+
+
+def cmd_conversations(client: Client, args) -> Any:
+    if args.action == "list":
+        found = client.call("conversations_list")
+        if args.json:
+            return found
+        return "\n".join(f"{c['id']}  {c['exchanges']} question(s), {c['turns']} turn(s)  {c['title']}"
+                         for c in found) or "(no conversations)"
+    if args.action == "prune":
+        return client.call("conversations_prune", days=args.older_than)
+    conversation = client.call("conversation_show", conversation=args.conversation)
+    if args.json:
+        return conversation
+    lines = [f"conversation {conversation['id']}: {conversation['title']}"]
+    for number, exchange in enumerate(conversation["exchanges"], 1):
+        lines.append(f"\n[{number}] {exchange['question']}  ({exchange['state']}; {route_line(exchange['route'])})")
+        for turn in exchange["turns"]:
+            text = turn["text"] if turn["state"] == "complete" else f"({turn['state']}{': ' + turn['reason'] if turn.get('reason') else ''})"
+            lines.append(f"{turn['persona']}: {text}")
+    return "\n".join(lines)
+
+
+CHAT_HELP = "/persona NAME (or /persona to let the router choose), /new (a new conversation), /quit"
+
+
+def cmd_chat(client: Client, args) -> int:
+    """A conversation on stdin: every line a question, answered and streamed; history kept."""
+    persona, conversation = args.persona, None
+    print(f"batos chat: ask anything. {CHAT_HELP}", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if sys.stdin.isatty() else "").strip()
+        except EOFError:
+            return EXIT_OK
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return EXIT_OK
+        if line == "/new":
+            conversation = None
+            print("(a new conversation)", file=sys.stderr)
+            continue
+        if line.startswith("/persona"):
+            persona = line.removeprefix("/persona").strip() or None
+            print(f"(lead: {persona or 'chosen by the router'})", file=sys.stderr)
+            continue
+        if line.startswith("/"):
+            print(f"unknown command {line.split()[0]}; {CHAT_HELP}", file=sys.stderr)
+            continue
+        printer = DialoguePrinter()
+        try:
+            result = client.ask(line, persona=persona, conversation=conversation, on_event=printer.on_event,
+                                timeout=max(args.timeout, ASK_TIMEOUT))
+        except (RemoteError, BridgeTimeout) as exc:
+            printer.finish({"turns": []})
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        conversation = result["conversation"]
+        rest = printer.finish(result)
+        if rest:
+            print(rest)
+
+
 def parse_example(text: str) -> dict:
     """An --example: a JSON object {"slots", "args", "kwargs", "result", "after"}, or the short
     form 'slot=value; ...; selector(arg, ...) -> result'."""
@@ -389,6 +535,11 @@ CLIENT_COMMANDS: dict[str, tuple[Callable, str]] = {
     "methods": (cmd_methods, "a method's source and provenance; --history, --rollback N"),
     "model": (cmd_model, "import, list and switch language models held in the image"),
     "expert": (cmd_expert, "import LoRA adapters (experts) into the image"),
+    "ask": (cmd_ask, "ask the personas a question; their turns stream as they are written"),
+    "route": (cmd_route, "who would answer a question (no model call for a clear-cut one); --teach adds an exemplar"),
+    "chat": (cmd_chat, "a conversation: every line a question, history kept (/persona, /new, /quit)"),
+    "personas": (cmd_personas, "each persona: identity, facets (compiled or not), expert"),
+    "conversations": (cmd_conversations, "list, show and prune conversations"),
 }
 
 
@@ -418,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (handler, summary) in CLIENT_COMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=summary)
-        if name not in ("model", "expert", "cycles"):  # those take the options after their action
+        if name not in ("model", "expert", "cycles", "conversations"):  # those take the options after their action
             _client_options(sub)
         sub.set_defaults(handler=handler)
         if name in ("describe", "get", "set", "define", "send", "methods"):
@@ -476,6 +627,29 @@ def build_parser() -> argparse.ArgumentParser:
             expert_import.add_argument("path", metavar="DIR_OR_ARCHIVE")
             expert_import.add_argument("--name", help="the expert's name (default: the folder's name)")
             _client_options(expert_import)
+        if name in ("ask", "chat"):
+            if name == "ask":
+                sub.add_argument("question", metavar="QUESTION")
+                sub.add_argument("--conversation", metavar="ID", help="a follow-up in this conversation")
+                sub.add_argument("--depth", choices=["auto", "direct", "facets"], default=None,
+                                 help="facets: the lead plans and asks its facets; direct: it answers at once "
+                                      "(default: the route decides)")
+            sub.add_argument("--persona", type=str.upper, choices=["BRICK", "ROBIN", "BABS", "ALFRED"],
+                             help="who leads (default: the router chooses)")
+        if name == "route":
+            sub.add_argument("question", metavar="QUESTION")
+            sub.add_argument("--teach", metavar="ARCHETYPE", choices=["technical", "emotional", "factual", "system"],
+                             help="instead of routing QUESTION, add it as an exemplar of ARCHETYPE")
+        if name == "conversations":
+            actions = sub.add_subparsers(dest="action", metavar="ACTION", required=True)
+            _client_options(actions.add_parser("list", help="every conversation, oldest first"))
+            show_one = actions.add_parser("show", help="one conversation: its questions, routes and turns")
+            show_one.add_argument("conversation", metavar="ID")
+            _client_options(show_one)
+            prune = actions.add_parser("prune", help="forget conversations")
+            prune.add_argument("--older-than", type=float, default=0, metavar="DAYS",
+                               help="only those unchanged for more than DAYS (default: all)")
+            _client_options(prune)
         if name == "pack":
             sub.add_argument("--days", type=float, default=0, help="keep history younger than this many days")
             sub.add_argument("--image", default=None, help="pack this image directly (no UVM may be serving it)")
@@ -515,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.image_handler(args)
         with Client(args.endpoint, timeout=args.timeout) as client:
             result = args.handler(client, args)
-            if args.command == "shell":
+            if args.command in ("shell", "chat"):
                 return result
             print(json.dumps(client.last_reply, ensure_ascii=False) if args.json else show(result))
             return EXIT_OK

@@ -104,6 +104,26 @@ def _send_fields(target: str, selector: str, args: tuple, kwargs: dict, intent: 
     return fields
 
 
+def _ask_fields(question: str, persona: str | None, conversation: str | None, depth: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"question": question}
+    for name, value in (("persona", persona), ("conversation", conversation), ("depth", depth)):
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+def _text_events(stream: Callable[[str], None] | None, on_event: EventCallback | None) -> EventCallback | None:
+    if stream is None:
+        return on_event
+
+    def events(event: dict) -> None:
+        if "text" in event:
+            stream(event["text"])
+        if on_event is not None:
+            on_event(event)
+    return events
+
+
 class Client(_Calls):
     """Blocking client: ``Client(endpoint, timeout=...)``."""
 
@@ -162,6 +182,18 @@ class Client(_Calls):
 
     def pack(self, days: float = 0) -> dict:
         return self.call("pack", days=days)
+
+    def ask(self, question: str, persona: str | None = None, conversation: str | None = None,
+            stream: Callable[[str], None] | None = None, depth: str | None = None,
+            on_event: EventCallback | None = None, timeout: float | None = None) -> dict:
+        """Ask the personas: ``{"conversation", "route", "turns", "seconds"}``. ``stream`` gets each
+        piece of text as it is generated; ``on_event`` every event (turns, states, text)."""
+        return self.call("ask", on_event=_text_events(stream, on_event), timeout=timeout,
+                         **_ask_fields(question, persona, conversation, depth))
+
+    def route(self, question: str) -> dict:
+        """Who would answer ``question``: ``{"archetype", "lead", "partners", "scores", ...}``."""
+        return self.call("route", question=question)
 
     def upload(self, path: str | os.PathLike, on_progress: Callable[[int, int], None] | None = None) -> str:
         """Stream a file to the server in chunks; return the upload id to name it by."""
@@ -259,6 +291,15 @@ class AsyncClient(_Calls):
 
     async def pack(self, days: float = 0) -> dict:
         return await self.call("pack", days=days)
+
+    async def ask(self, question: str, persona: str | None = None, conversation: str | None = None,
+                  stream: Callable[[str], None] | None = None, depth: str | None = None,
+                  on_event: EventCallback | None = None, timeout: float | None = None) -> dict:
+        return await self.call("ask", on_event=_text_events(stream, on_event), timeout=timeout,
+                               **_ask_fields(question, persona, conversation, depth))
+
+    async def route(self, question: str) -> dict:
+        return await self.call("route", question=question)
 
     def close(self) -> None:
         if self._reader is not None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import transaction
 import ZODB
@@ -20,6 +21,7 @@ from batos.image.transactions import run_in_transaction
 log = logging.getLogger(__name__)
 
 SCHEMA_KEY = "batos_schema"
+FURNISHED_KEY = "batos_furnished"  # {furnishing name: version installed}
 SCHEMA_VERSION = 5
 PSM_STATES = ("IDLE", "DECOMPOSING", "DELEGATING", "SYNTHESIZING", "VALIDATING", "AWAITING_APPROVAL",
               "COMPLETE", "FAILED")
@@ -75,6 +77,34 @@ def protect_kernel_objects(root) -> None:
 # MIGRATIONS[n] turns a schema-n root into a schema-(n+1) root, in one transaction.
 MIGRATIONS: dict[int, Migration] = {1: give_pllm_its_repositories, 2: give_psm_its_states, 3: give_traits_every_primitive,
                                     4: protect_kernel_objects}
+
+
+@dataclass(frozen=True)
+class Furnishing:
+    """Objects a layer above the image keeps in it (the mind's persona codex, say).
+
+    ``install(root)`` brings them to ``version``: it runs at genesis and on every image that holds
+    an older version (or none), in the transaction that prepares the image, so it must keep what
+    a user changed and be safe to run on an image it has furnished before.
+    """
+
+    name: str
+    version: int
+    install: Callable[[Any], None]
+
+
+def furnish(root, furnishings: Sequence[Furnishing]) -> list[str]:
+    """Install each furnishing ``root`` lacks at its version; the names installed (caller commits)."""
+    if FURNISHED_KEY not in root:
+        root[FURNISHED_KEY] = OOBTree()
+    installed = root[FURNISHED_KEY]
+    done = []
+    for item in furnishings:
+        if installed.get(item.name, 0) < item.version:
+            item.install(root)
+            installed[item.name] = item.version
+            done.append(item.name)
+    return done
 
 
 class SchemaTooNewError(ImageError):
@@ -133,8 +163,9 @@ class Image:
         self.db.close()
 
 
-def prepare(db: ZODB.DB) -> str:
-    """Run genesis or migrations as needed, each in one committed transaction: what was done."""
+def prepare(db: ZODB.DB, furnishings: Sequence[Furnishing] = ()) -> str:
+    """Run genesis or migrations as needed, then ``furnishings``, in one committed transaction:
+    what was done."""
     manager = transaction.TransactionManager(explicit=True)
     conn = db.open(transaction_manager=manager)
 
@@ -142,21 +173,25 @@ def prepare(db: ZODB.DB) -> str:
         root = conn.root()
         if SCHEMA_KEY not in root:
             genesis(root)
-            return "genesis"
-        migrated = migrate(root)
-        return f"migrated from {migrated}" if migrated else "resumed"
+            outcome = "genesis"
+        else:
+            migrated = migrate(root)
+            outcome = f"migrated from {migrated}" if migrated else "resumed"
+        furnished = furnish(root, furnishings)
+        return outcome + (f", furnished {', '.join(furnished)}" if furnished else "")
     try:
         return run_in_transaction(manager, prepare_root)
     finally:
         conn.close()
 
 
-def open_image(uri: str | None = None, **db_kw) -> Image:
-    """Open (creating if needed) the image at ``uri`` and make it ready for use."""
+def open_image(uri: str | None = None, furnishings: Sequence[Furnishing] = (), **db_kw) -> Image:
+    """Open (creating if needed) the image at ``uri`` and make it ready for use, with ``furnishings``
+    installed."""
     target = normalize_uri(uri)
     db = open_database(target.uri, **db_kw)
     try:
-        outcome = prepare(db)
+        outcome = prepare(db, furnishings)
     except BaseException:
         db.close()
         raise

@@ -183,6 +183,7 @@ class Method(persistent.Persistent):
     """Behaviour stored as source text (or as the name of a primitive)."""
 
     facet_system: str | None = None  # images written before facets existed have no such attribute
+    facet_intent: str | None = None  # what a compiled facet was compiled from
 
     def __init__(
         self,

@@ -195,6 +195,10 @@ class Dispatcher:
         args = _incoming(root, fields.get("args", []))
         kwargs = _incoming(root, fields.get("kwargs", {}))
         value, holder = lookup(receiver, selector)
+        if is_facet_intent(selector, value) and self.synthesize_missing:
+            # a facet slot holding its intent: compiled on first use, from that intent
+            options = {"intent": value, **{k: fields[k] for k in ("wait",) if k in fields}}
+            return ServiceCall(SYNTHESIZE, oid_text(receiver), (selector, *args), dict(kwargs), options)
         if holder is None and self.synthesize_missing:
             options = {k: fields[k] for k in ("intent", "examples", "wait") if k in fields}
             return ServiceCall(SYNTHESIZE, oid_text(receiver), (selector, *args), dict(kwargs), options)
@@ -206,7 +210,9 @@ class Dispatcher:
         elif isinstance(value, Method) and value.origin == "primitive" and primitives.is_service(value.primitive):
             return ServiceCall(value.primitive, oid_text(receiver), tuple(args), dict(kwargs))
         elif isinstance(value, Method) and value.facet_system:
-            return ServiceCall(services.INFER, oid_text(receiver), tuple(args), {**kwargs, "system": value.facet_system})
+            bound = receiver._slots.get("expert")  # a persona's facet runs under the persona's expert
+            return ServiceCall(services.INFER, oid_text(receiver), tuple(args), {**kwargs, "system": value.facet_system},
+                               {"bound_expert": bound} if isinstance(bound, str) else None)
         elif isinstance(value, Method):
             result = self.invoke(value, receiver, args, kwargs)
         elif args or kwargs:
@@ -215,6 +221,11 @@ class Dispatcher:
             return _plain_reply(to_plain, value)  # stored data: nothing new to adopt
         _adopt_new_objects(root, result)
         return _plain_reply(to_plain, result)
+
+
+def is_facet_intent(selector: str, value: Any) -> bool:
+    """A facet not compiled yet: its slot (a selector ending in ``_facet_``) holds its intent."""
+    return selector.endswith("_facet_") and isinstance(value, str) and bool(value.strip())
 
 
 def _guarded(check, *args: Any) -> None:

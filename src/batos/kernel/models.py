@@ -50,9 +50,12 @@ class ModelService:
         self.uploads = uploads
         self._tasks: set[asyncio.Task] = set()
 
-    async def infer(self, args: tuple, kwargs: dict, context: Context) -> str:
-        """The model's answer; its text also reaches the client piece by piece as ``{"text"}`` events."""
+    async def infer(self, args: tuple, kwargs: dict, context: Context, bound_expert: str | None = None) -> str:
+        """The model's answer; its text also reaches the client piece by piece as ``{"text"}`` events.
+        ``bound_expert`` applies when the call names no expert and the model has one of that name."""
         check_infer_arguments(args, kwargs)
+        if bound_expert and "expert" not in kwargs and bound_expert in self.core.expert_names():
+            kwargs = {**kwargs, "expert": bound_expert}
         with self._forwarding(context.emit) as forward:
             generation = await asyncio.to_thread(self.core.generate, *args, timeout=MODEL_WAIT_SECONDS,
                                                  stream=lambda piece: forward({"text": piece}), **kwargs)

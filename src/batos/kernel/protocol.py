@@ -64,7 +64,7 @@ class Op:
     service: str
 
 
-SERVICES = ("kernel", "image", "cycles", "models")
+SERVICES = ("kernel", "image", "cycles", "models", "mind")
 
 
 # The one place an op is declared. A service has a coroutine ``op_<name>`` for each of its ops.
@@ -90,6 +90,13 @@ OPS: dict[str, Op] = {
     "model_list": Op({}, {}, False, "models"),
     "model_use": Op({"name": (str,)}, {}, True, "models"),
     "expert_import": Op({"upload_id": (str,)}, {"name": (str,)}, True, "models"),
+    "ask": Op({"question": (str,)}, {"persona": (str,), "conversation": (str,), "depth": (str,)}, True, "mind"),
+    "route": Op({"question": (str,)}, {}, False, "mind"),
+    "route_teach": Op({"text": (str,), "archetype": (str,)}, {}, True, "mind"),
+    "personas": Op({}, {}, False, "mind"),
+    "conversations_list": Op({}, {}, False, "mind"),
+    "conversation_show": Op({"conversation": (str,)}, {}, False, "mind"),
+    "conversations_prune": Op({}, {"days": (int, float)}, True, "mind"),
 }
 WRITING_OPS = frozenset(name for name, op in OPS.items() if op.writes)
 _NAME_FIELDS = ("target", "slot", "selector")

@@ -25,8 +25,16 @@ from batos.errors import BatosError
 from batos.llm.core import CognitiveCore, ModelUnavailable
 from batos.llm.generation import BackendError, ConfigurationError
 from batos.llm.settings import LLMSettings
+from batos.llm.embeddings import Embedder, EmbeddingsUnavailable
+from batos.mind.codex import CODEX
+from batos.mind.conversations import CONVERSATIONS
 from batos.mind.cycle import CyclePolicy, CycleRunner
 from batos.mind.cycle_service import CycleService
+from batos.mind.exemplars import EXEMPLARS, exemplars_of
+from batos.mind.router import Router, archetype_in, tie_break_prompt
+from batos.mind.service import MindPolicy, MindService
+from batos.mind.synaptic import SynapticCycle
+from batos.mind.writers import writer_for
 from batos.kernel import protocol, services
 from batos.kernel.bridge import Bridge, Emit
 from batos.kernel.dispatch import SYNTHESIZE, Dispatcher, ServiceCall
@@ -63,6 +71,8 @@ class Settings:
     approval: str = "auto"  # or "manual": synthesized methods wait for `batos cycles approve`
     max_iterations: int = 5
     cycle_wait_seconds: float = 1800.0  # how long a client's send waits for the cycle it started
+    max_turns: int = 3  # turns in one `ask` dialogue
+    max_question_chars: int = 4000
 
     # limits (see README, "Limits"); each answers with a clear code and writes nothing
     max_slot_bytes: int = 1024**2
@@ -102,6 +112,9 @@ class UVM:
         self.core: CognitiveCore | None = None
         self.models: ModelService | None = None
         self.cycles: CycleService | None = None
+        self.mind: MindService | None = None
+        self.router: Router | None = None
+        self.embedder = Embedder()
         self._reader: tuple[transaction.TransactionManager, Any] | None = None
         self.started_at = time.time()
         self.counts: Counter[str] = Counter()
@@ -119,7 +132,9 @@ class UVM:
             raise ConfigurationError(f"BATOS_APPROVAL must be auto or manual, not {self.settings.approval!r}")
         llm_settings = LLMSettings.from_env()
         CognitiveCore.check(self.settings.llm, llm_settings)  # a bad configuration touches nothing
-        self.image = open_image(self.settings.image)
+        if self.settings.max_turns < 1 or self.settings.max_question_chars < 1:
+            raise ConfigurationError("BATOS_MAX_TURNS and BATOS_MAX_QUESTION_CHARS must be at least 1")
+        self.image = open_image(self.settings.image, furnishings=(CODEX, EXEMPLARS, CONVERSATIONS))
         serve_task = None
         try:
             self.core = CognitiveCore(self.image.db, self.settings.llm, llm_settings,
@@ -128,11 +143,19 @@ class UVM:
             uploads.clean_stale()
             self.models = ModelService(self.core, uploads)
             self.sandbox.start()
-            self.cycles = CycleService(CycleRunner(self.image.db, self._generate_for_cycle, CyclePolicy(
+            runner = CycleRunner(self.image.db, self._generate_for_cycle, CyclePolicy(
                 max_iterations=self.settings.max_iterations, approval=self.settings.approval,
                 max_source_bytes=self.settings.max_source_bytes, verify_seconds=self.settings.method_budget),
-                model_name=lambda: self.core.stats().get("model", self.settings.llm), sandbox=self.sandbox),
-                wait_seconds=self.settings.cycle_wait_seconds)
+                model_name=lambda: self.core.stats().get("model", self.settings.llm), sandbox=self.sandbox,
+                generate_many=self._generate_many_for_cycle, experts=self.core.expert_names,
+                choose_persona=lambda brief: writer_for(brief, self.router))
+            self.cycles = CycleService(runner, wait_seconds=self.settings.cycle_wait_seconds)
+            self.router = Router(self.embedder, lambda: runner.read(exemplars_of), self._break_route_tie)
+            self.mind = MindService(self.cycles, SynapticCycle(runner, self.embedder), self.router, self.embedder,
+                                    MindPolicy(max_turns=self.settings.max_turns,
+                                               max_question_chars=self.settings.max_question_chars),
+                                    check_model=self.core.check_available)
+            self.mind.start()
             self.dispatcher.synthesize_missing = self.settings.llm != "none"
             self.pool = WorkerPool(self.image.db, self.settings.workers)
             self.pool.start()
@@ -155,6 +178,7 @@ class UVM:
             if self.on_ready is not None:
                 self.on_ready(self.bridge.bound_endpoint)
             threading.Thread(target=self.core.awaken, name="batos-awaken", daemon=True).start()
+            threading.Thread(target=self._load_embeddings, name="batos-embeddings", daemon=True).start()
             if self.settings.llm != "none":
                 self.cycles.start()  # without a model, interrupted cycles wait for a UVM that has one
             await self._stopping.wait()
@@ -249,7 +273,8 @@ class UVM:
     async def _perform(self, context: Context) -> Any:
         """Route the request to the service protocol.OPS names for its op."""
         op = context.request.op
-        service = {"kernel": self, "image": self, "cycles": self.cycles, "models": self.models}[protocol.OPS[op].service]
+        service = {"kernel": self, "image": self, "cycles": self.cycles, "models": self.models,
+                   "mind": self.mind}[protocol.OPS[op].service]
         return await getattr(service, f"op_{op}")(context.request.fields, context)
 
     # --- the kernel's own ops -------------------------------------------------------------------
@@ -276,7 +301,8 @@ class UVM:
         if isinstance(result, ServiceCall):
             if result.service != services.INFER:
                 raise ProtocolError(Code.NOT_UNDERSTOOD, f"no service {result.service!r} in this UVM")
-            return await self.models.infer(result.args, result.kwargs, context)
+            return await self.models.infer(result.args, result.kwargs, context,
+                                           bound_expert=(result.options or {}).get("bound_expert"))
         return result
 
     op_set = op_send = op_define = op_methods = op_method_rollback = _image_op
@@ -316,16 +342,41 @@ class UVM:
 
     # --- cognitive cycles -------------------------------------------------------------------------
 
-    def _generate_for_cycle(self, messages, temperature: float = 0.0, seed: int | None = None,
-                            samples: int = 1) -> list[str]:
+    def _generate_for_cycle(self, messages, temperature: float = 0.0, seed: int | None = None, samples: int = 1,
+                            expert: str | None = None, max_new_tokens: int | None = None, stream=None) -> list[str]:
         """The cycle runner's model call (its thread; no transaction open): the answer(s)."""
+        self._wait_for_model()
+        generation = self.core.backend.generate(messages, expert=expert, temperature=temperature, seed=seed,
+                                                samples=samples, stream=stream,
+                                                max_new_tokens=max_new_tokens or self.core.settings.max_new_tokens)
+        return [generation.text, *generation.alternatives]
+
+    def _generate_many_for_cycle(self, conversations, expert: str | None = None, max_new_tokens: int | None = None,
+                                 temperature: float = 0.0, seed: int | None = None) -> list[str]:
+        """Independent generations in one batched call (the facets of a plan)."""
+        self._wait_for_model()
+        return [g.text for g in self.core.backend.generate_many(
+            conversations, expert=expert, temperature=temperature, seed=seed,
+            max_new_tokens=max_new_tokens or self.core.settings.max_new_tokens)]
+
+    def _wait_for_model(self) -> None:
         try:
             self.core.wait_ready(MODEL_WAIT_SECONDS)
         except ModelUnavailable as exc:
             raise BackendError(str(exc), transient=False) from None
-        generation = self.core.backend.generate(messages, max_new_tokens=self.core.settings.max_new_tokens,
-                                                temperature=temperature, seed=seed, samples=samples)
-        return [generation.text, *generation.alternatives]
+
+    def _break_route_tie(self, question: str) -> str | None:
+        """The model's one-word choice of archetype, if a model is ready now (a route never waits
+        for one to load)."""
+        if self.core.state != "ready":
+            return None
+        return archetype_in(self.core.generate(tie_break_prompt(question), max_new_tokens=4, timeout=0).text)
+
+    def _load_embeddings(self) -> None:
+        try:
+            self.embedder.load()
+        except EmbeddingsUnavailable as exc:
+            log.error("routing and the quality gate need the embedding model: %s", exc)
 
     def _side_folder(self, kind: str) -> str:
         """``IMAGE.fs.KIND/`` beside a file image; a temporary folder for other storages."""

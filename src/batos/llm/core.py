@@ -397,6 +397,13 @@ class CognitiveCore:
 
     # --- generation ----------------------------------------------------------------------------
 
+    def check_available(self) -> None:
+        """ModelUnavailable if no model will answer: none configured, or it failed to load."""
+        if self.kind == "none":
+            raise ModelUnavailable("this UVM runs without a language model (BATOS_LLM=none)")
+        if self.state == "failed":
+            raise ModelUnavailable(f"the language model failed to load: {self.error}")
+
     def wait_ready(self, timeout: float | None = None) -> None:
         if self.kind == "none":
             raise ModelUnavailable("this UVM runs without a language model (BATOS_LLM=none)")
@@ -415,6 +422,11 @@ class CognitiveCore:
         return self.backend.generate(chat(prompt, system), expert=expert,
                                      max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
                                      stop=stop, temperature=temperature, seed=seed, stream=stream)
+
+    def expert_names(self) -> set[str]:
+        """The experts the loaded model can apply now (none while it is not loaded)."""
+        backend = self.backend
+        return set(backend.stats().get("experts") or ()) if backend is not None else set()
 
     def stats(self) -> dict[str, Any]:
         figures: dict[str, Any] = {"backend": self.kind, "state": self.state}

@@ -78,8 +78,15 @@ log = logging.getLogger(__name__)
 FINISHED = ("COMPLETE", "FAILED")
 MAX_STORED_TEXT = 32 * 1024  # a model's answer (or a prompt) is kept once, and at most this long
 STATE_SLOT = "synthesis_state*"
-Generate = Callable[..., "str | list[str]"]  # (messages, temperature=, seed=, samples=) -> answer(s)
+# (messages, temperature=, seed=, samples=, [expert=, max_new_tokens=, stream=]) -> answer(s)
+Generate = Callable[..., "str | list[str]"]
+# (conversations, [expert=, max_new_tokens=]) -> one answer per conversation
+GenerateMany = Callable[..., list[str]]
 Listener = Callable[[str, str], None]  # (cycle id, state)
+Step = Callable[[str], None]  # does the work of the state a cycle is in, and moves it on
+# mission brief -> (persona who writes the method, the route that chose it or None)
+ChoosePersona = Callable[[dict], "tuple[str, dict | None]"]
+METHOD_KIND = "method"
 
 
 @dataclass
@@ -98,19 +105,26 @@ def is_facet(selector: str) -> bool:
     return selector.endswith("_facet_")
 
 
-def facet_system(intent: str) -> str:
-    """The system prompt of a cognitive facet, built from its intent."""
-    return f"{intent.strip()}\nAnswer the user's request in that role, briefly."
+def facet_system(intent: str, identity: Any = None) -> str:
+    """The system prompt of a cognitive facet, built from its intent (and the identity of the
+    persona it belongs to, when it has one)."""
+    speaker = f"You are {identity.strip()}\n" if isinstance(identity, str) and identity.strip() else ""
+    return f"{speaker}{intent.strip()}\nAnswer the user's request in that role, briefly."
 
 
-def facet_source(selector: str, intent: str) -> str:
+def facet_source(selector: str, intent: str, identity: Any = None) -> str:
     """What a facet does, as source: call the object's model with the facet's system prompt."""
     return (f"def {selector}(self, prompt, **options):\n"
-            f"    return self.infer_(prompt, system={facet_system(intent)!r}, **options)\n")
+            f"    return self.infer_(prompt, system={facet_system(intent, identity)!r}, **options)\n")
 
 
 def state_of(cycle: UvmObject) -> str:
     return cycle._slots[STATE_SLOT].name
+
+
+def kind_of(cycle: UvmObject) -> str:
+    """``method`` (writes a missing method) or another kind registered with the runner."""
+    return cycle._slots.get("kind", METHOD_KIND)
 
 
 def source_digest(source: str | None) -> str | None:
@@ -134,10 +148,16 @@ def summary(cycle: UvmObject, detail: bool = False) -> dict[str, Any]:
         "transitions": [dict(t) for t in slots["transitions"]],
         "approved_digest": source_digest(slots.get("approved_source")),
     }
+    data["kind"] = kind_of(cycle)
+    data["persona"] = slots.get("persona")
     if detail:
         data["approved_source"] = slots.get("approved_source")
         data["brief"] = to_plain(slots.get("brief"))
+        data["route"] = to_plain(slots.get("route"))
         data["attempts"] = [dict(a) for a in slots["attempts"]]
+        for name in ("question", "role", "depth", "context", "prior", "plan", "facet_answers", "reply"):
+            if name in slots:
+                data[name] = to_plain(slots[name])
     return data
 
 
@@ -174,9 +194,15 @@ class CycleRunner:
 
     def __init__(self, db: ZODB.DB, generate: Generate, policy: CyclePolicy | None = None,
                  model_name: Callable[[], str] | None = None, sleep: Callable[[float], None] = time.sleep,
-                 sandbox: SandboxPool | None = None):
+                 sandbox: SandboxPool | None = None, generate_many: GenerateMany | None = None,
+                 experts: Callable[[], set[str]] | None = None, choose_persona: ChoosePersona | None = None):
         self.sandbox = sandbox  # where candidates are verified (None: the process's default pool)
         self.generate = generate
+        self.generate_many = generate_many or (lambda conversations, **options: [
+            self._first(generate(messages, **options)) for messages in conversations])
+        self.experts = experts or set  # the experts the model can apply now
+        self.choose_persona = choose_persona or (lambda brief: (self.policy.persona, None))
+        self.streams: dict[str, Callable[[str], None]] = {}  # cycle id -> who gets its text as it comes
         self.policy = policy or CyclePolicy()
         self.model_name = model_name or (lambda: "unknown")
         self.sleep = sleep
@@ -184,9 +210,20 @@ class CycleRunner:
         self._manager = transaction.TransactionManager(explicit=True)
         self._connection = db.open(transaction_manager=self._manager)
         self._lock = threading.RLock()  # guards the runner's connection, one transaction at a time
-        self._running = threading.Lock()  # one cycle runs at a time
+        self._running = threading.RLock()  # one cycle at a time (a cycle may run another inside it)
         self._listeners: list[Listener] = []
         self._finish_listeners: list[Listener] = []
+        self._kinds: dict[str, dict[str, Step]] = {METHOD_KIND: {
+            "IDLE": self.decompose, "DECOMPOSING": self.delegate, "DELEGATING": self.synthesize,
+            "SYNTHESIZING": self.synthesize, "VALIDATING": self.validate}}
+
+    def register_kind(self, kind: str, steps: dict[str, Step]) -> None:
+        """Cycles whose ``kind`` slot is ``kind`` run ``steps[state]`` in each unfinished state."""
+        self._kinds[kind] = steps
+
+    @staticmethod
+    def _first(answer: "str | list[str]") -> str:
+        return answer[0] if isinstance(answer, list) else answer
 
     # --- the cycle ------------------------------------------------------------------------------
 
@@ -194,13 +231,11 @@ class CycleRunner:
         """Drive one cycle until it finishes or waits for approval; return its state."""
         with self._running:
             while True:
-                state = self._read(cycle_id, state_of)
+                kind, state = self._read(cycle_id, lambda cycle: (kind_of(cycle), state_of(cycle)))
                 if state in FINISHED or state == "AWAITING_APPROVAL":
                     self._finished(cycle_id, state)
                     return state
-                step = {"IDLE": self.decompose, "DECOMPOSING": self.delegate, "DELEGATING": self.synthesize,
-                        "SYNTHESIZING": self.synthesize, "VALIDATING": self.validate}[state]
-                step(cycle_id)
+                self._kinds[kind][state](cycle_id)
 
     def decompose(self, cycle_id: str) -> None:
         def step(root, cycle):
@@ -210,8 +245,12 @@ class CycleRunner:
         self._change(cycle_id, step)
 
     def delegate(self, cycle_id: str) -> None:
+        brief = self._read(cycle_id, lambda cycle: to_plain(cycle._slots["brief"]))
+        persona, route = self.choose_persona(brief)  # no transaction is open here
+
         def step(root, cycle):
-            cycle._slots["persona"] = self.policy.persona
+            cycle._slots["persona"] = persona
+            cycle._slots["route"] = route
             cycle._slots["model"] = self.model_name()
             self._move(root, cycle, "DELEGATING")
         self._change(cycle_id, step)
@@ -220,12 +259,15 @@ class CycleRunner:
         def enter(root, cycle):
             if state_of(cycle) != "SYNTHESIZING":
                 self._move(root, cycle, "SYNTHESIZING")
-            return to_plain(cycle._slots["brief"]), [dict(a) for a in cycle._slots["attempts"]], cycle._slots["iteration"]
-        brief, attempts, iteration = self._change(cycle_id, enter)
+            return (to_plain(cycle._slots["brief"]), [dict(a) for a in cycle._slots["attempts"]],
+                    cycle._slots["iteration"], cycle._slots.get("persona"))
+        brief, attempts, iteration, persona = self._change(cycle_id, enter)
         if is_facet(brief["selector"]):
             return self._write_facet(cycle_id, brief)
-        messages = build_messages(brief, attempts)
+        messages = build_messages(brief, attempts, persona)
         options = sampling(iteration)
+        if persona in self.experts():
+            options["expert"] = persona
         started = time.perf_counter()
         try:
             answers = self._generate_with_retries(messages, options)  # no transaction is open here
@@ -273,7 +315,8 @@ class CycleRunner:
             return self._fail(cycle_id, "a facet (a selector ending in _facet_) needs an intent: what the model should be")
         def record(root, cycle):
             cycle._slots["attempts"].append({"iteration": 1, "prompt": None, "answer": None, "generation_seconds": 0.0,
-                                             "candidate": facet_source(brief["selector"], brief["intent"]), "verdict": None})
+                                             "candidate": facet_source(brief["selector"], brief["intent"], brief["slots"].get("identity")),
+                                             "verdict": None})
             self._move(root, cycle, "VALIDATING")
         self._change(cycle_id, record)
 
@@ -346,10 +389,15 @@ class CycleRunner:
         self._move(root, cycle, "SYNTHESIZING")
 
     def _generate_with_retries(self, messages: list[Message], options: dict[str, Any]) -> list[str]:
+        answers = self.with_retries(lambda: self.generate(messages, **options))
+        return answers if isinstance(answers, list) else [answers]
+
+    def with_retries(self, call: Callable[[], Any]) -> Any:
+        """``call()``, retried with backoff and jitter while it fails transiently (up to the cap);
+        a permanent failure, or the last transient one, is raised."""
         for retry in range(self.policy.max_transient_retries + 1):
             try:
-                answers = self.generate(messages, **options)
-                return answers if isinstance(answers, list) else [answers]
+                return call()
             except BackendError as exc:
                 if not exc.transient or retry == self.policy.max_transient_retries:
                     raise
@@ -365,12 +413,14 @@ class CycleRunner:
         current = target._slots.get(selector)
         provenance = {"persona": s.get("persona"), "cycle": s["cycle_id"]}
         if is_facet(selector):
-            provenance["facet_system"] = facet_system(s["intent"])
+            provenance["facet_system"] = facet_system(s["intent"], target._slots.get("identity"))
         if isinstance(current, Method):
             method = current.successor(s["approved_source"], origin="synthesized", **provenance)
         else:
             method = Method(selector, s["approved_source"], origin="synthesized", **provenance)
         method.model = s["model"] = self.model_name()  # by now the model that wrote it is loaded
+        if is_facet(selector):
+            method.facet_intent = s["intent"]
         target._slots[selector] = method
         s["installed_version"] = method.version
         self._move(root, cycle, "COMPLETE")

@@ -102,6 +102,11 @@ class CycleService:
         if not wait:
             self.enqueue(cycle_id)
             return {"id": cycle_id, "state": "queued"}
+        return await self.run_and_wait(cycle_id, on_state)
+
+    async def run_and_wait(self, cycle_id: str, on_state: OnState) -> dict[str, Any]:
+        """Have the cycle thread drive ``cycle_id`` and await its stop (telling ``on_state`` of each
+        state); the cycle's summary. CycleWaitTimeout after ``wait_seconds``."""
         loop = asyncio.get_running_loop()
         stopped: asyncio.Future = loop.create_future()
 

@@ -40,3 +40,39 @@ class ICycleService(Interface):
 
     def close():
         """Stop the thread after the cycle it is running; close the runner's connection."""
+
+
+class IMindService(Interface):
+    """The personas as the kernel sees them: asking, routing, conversations.
+
+    Each ``op_*`` coroutine serves the wire op of the same name. Bad input (an empty or oversized
+    question, an unknown persona or conversation) is refused before anything is written.
+    """
+
+    def start():
+        """Mark exchanges a stopped UVM left open as interrupted (their cycles resume on their own)."""
+
+    def op_ask(fields, context):
+        """Coroutine: route ``question``, then the lead's turn and its partner's (and ALFRED's when
+        they repeat or drift), each a Synaptic Cycle, streamed to ``context.emit`` as ``{"text",
+        "persona"}`` events; ``{"conversation", "route", "turns", "seconds"}``. A lead that cannot
+        answer is ``synthesis_failed``; the turns so far stay in the conversation."""
+
+    def op_route(fields, context):
+        """Coroutine: ``{"archetype", "lead", "partners", "scores", "decided_by", "depth"}``; the
+        model is asked only when the embeddings leave two archetypes tied."""
+
+    def op_route_teach(fields, context):
+        """Coroutine: add one labelled exemplar to the router's data in the image."""
+
+    def op_personas(fields, context):
+        """Coroutine: each persona's codex, its facets (compiled or not) and what it is bound to."""
+
+    def op_conversations_list(fields, context):
+        """Coroutine: every conversation's summary, oldest first."""
+
+    def op_conversation_show(fields, context):
+        """Coroutine: one conversation with its exchanges and turns; not_found if there is none."""
+
+    def op_conversations_prune(fields, context):
+        """Coroutine: forget conversations unchanged for ``days``."""

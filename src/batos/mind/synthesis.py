@@ -41,7 +41,13 @@ def describe_value(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def build_messages(brief: dict[str, Any], attempts: list[dict[str, Any]]) -> list[Message]:
+def writer_line(persona: str | None) -> str:
+    """The last line of the system prompt: who writes (after the rules, so the rules' tokens stay a
+    prefix every mission shares)."""
+    return f"\nYou are {persona}, writing this method for BatOS." if persona else ""
+
+
+def build_messages(brief: dict[str, Any], attempts: list[dict[str, Any]], persona: str | None = None) -> list[Message]:
     """The conversation for the next attempt: the mission, then what went wrong so far."""
     selector = brief["selector"]
     slots = "\n".join(f"  - {name}: {describe_value(value)}" for name, value in brief["slots"].items()) or "  (none)"
@@ -64,7 +70,7 @@ def build_messages(brief: dict[str, Any], attempts: list[dict[str, Any]]) -> lis
         lines.append(f"Example: {describe_value(example, 300)}")
     lines.append(f"Write `{signature(brief)}` so that the call above works.")
     messages: list[Message] = [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": SYSTEM_PROMPT + writer_line(persona)},
         {"role": "user", "content": "\n\n".join(lines)},
     ]
     for attempt in attempts[-2:]:  # the last two failures are enough context for a small model

@@ -1,0 +1,154 @@
+"""Conversations: questions, routes and the personas' turns, kept in the image.
+
+``root["conversations"]`` maps an id to a conversation, a kernel object (only the kernel changes
+it) with these slots:
+
+    conversation_id   12 hex digits
+    title             the first question, cut short
+    created, updated  seconds since the epoch
+    exchanges         [{"question", "route", "at", "state"}]; state is open, answered, failed or
+                      interrupted (its UVM stopped before the dialogue ended)
+    turns             [{"exchange", "persona", "role", "cycle", "text", "facets"}]; ``text`` is set
+                      in the transaction that completes the turn's cycle
+
+A turn without text takes its state from its cycle (running, failed, or lost once the cycle is
+pruned), so a crash never leaves a turn and its cycle disagreeing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from BTrees.OOBTree import OOBTree
+from persistent.list import PersistentList
+
+from batos.errors import NotFound
+from batos.image.genesis import Furnishing
+from batos.image.objects import UvmObject
+from batos.image.protection import mark_kernel
+from batos.mind.cycle import state_of
+
+ROOT_KEY = "conversations"
+TITLE_CHARS = 80
+CONTEXT_TURNS = 6  # earlier turns a follow-up question sees
+CONTEXT_CHARS = 500  # of each
+
+
+def install_conversations(root) -> None:
+    if ROOT_KEY not in root:
+        root[ROOT_KEY] = OOBTree()
+
+
+CONVERSATIONS = Furnishing("conversations", 1, install_conversations)
+
+
+def find(root, conversation_id: str) -> UvmObject:
+    conversation = root[ROOT_KEY].get(conversation_id)
+    if conversation is None:
+        raise NotFound(f"no conversation {conversation_id}; see `batos conversations list`")
+    return conversation
+
+
+def start(root, question: str) -> UvmObject:
+    now = time.time()
+    conversation_id = uuid.uuid4().hex[:12]
+    conversation = UvmObject(conversation_id=conversation_id, title=question[:TITLE_CHARS], created=now,
+                             updated=now, exchanges=PersistentList(), turns=PersistentList())
+    mark_kernel(conversation)
+    root[ROOT_KEY][conversation_id] = conversation
+    return conversation
+
+
+def add_exchange(conversation: UvmObject, question: str, route: dict) -> int:
+    exchanges = conversation._slots["exchanges"]
+    exchanges.append({"question": question, "route": dict(route), "at": time.time(), "state": "open"})
+    _touch(conversation)
+    return len(exchanges) - 1
+
+
+def end_exchange(conversation: UvmObject, exchange: int, state: str) -> None:
+    exchanges = conversation._slots["exchanges"]
+    exchanges[exchange] = {**exchanges[exchange], "state": state}
+    _touch(conversation)
+
+
+def add_turn(conversation: UvmObject, exchange: int, persona: str, role: str, cycle_id: str) -> int:
+    turns = conversation._slots["turns"]
+    turns.append({"exchange": exchange, "persona": persona, "role": role, "cycle": cycle_id, "text": None,
+                  "facets": []})
+    _touch(conversation)
+    return len(turns) - 1
+
+
+def complete_turn(conversation: UvmObject, turn: int, text: str, facets: list[str]) -> None:
+    turns = conversation._slots["turns"]
+    turns[turn] = {**turns[turn], "text": text, "facets": list(facets)}
+    _touch(conversation)
+
+
+def context_for(conversation: UvmObject, before_exchange: int) -> list[dict[str, str]]:
+    """The earlier exchanges a follow-up sees, as chat messages: each question, then its
+    completed turns, at most CONTEXT_TURNS turns (the latest), each cut to CONTEXT_CHARS."""
+    turns = [t for t in conversation._slots["turns"] if t["exchange"] < before_exchange and t["text"]][-CONTEXT_TURNS:]
+    messages, asked = [], None
+    for turn in turns:
+        if turn["exchange"] != asked:
+            asked = turn["exchange"]
+            question = conversation._slots["exchanges"][asked]["question"]
+            messages.append({"role": "user", "content": question[:CONTEXT_CHARS]})
+        messages.append({"role": "assistant", "content": f"{turn['persona']}: {turn['text'][:CONTEXT_CHARS]}"})
+    return messages
+
+
+def interrupt_open_exchanges(root) -> int:
+    """Mark exchanges left open by a UVM that stopped mid-dialogue; how many."""
+    count = 0
+    for conversation in root[ROOT_KEY].values():
+        for index, exchange in enumerate(conversation._slots["exchanges"]):
+            if exchange["state"] == "open":
+                end_exchange(conversation, index, "interrupted")
+                count += 1
+    return count
+
+
+def turn_view(turn: dict, cycles) -> dict[str, Any]:
+    """A turn as plain data, its state read from its cycle while it has no text."""
+    view = dict(turn)
+    if turn["text"] is not None:
+        view["state"] = "complete"
+        return view
+    cycle = cycles.get(turn["cycle"])
+    if cycle is None:
+        view["state"] = "lost"
+    else:
+        state = state_of(cycle)
+        view["state"] = "failed" if state == "FAILED" else "running"
+        if state == "FAILED":
+            view["reason"] = cycle._slots.get("reason")
+    return view
+
+
+def summary(conversation: UvmObject, cycles, detail: bool = False) -> dict[str, Any]:
+    s = conversation._slots
+    data = {"id": s["conversation_id"], "title": s["title"], "created": s["created"], "updated": s["updated"],
+            "exchanges": len(s["exchanges"]), "turns": len(s["turns"])}
+    if detail:
+        data["exchanges"] = [dict(e, turns=[turn_view(t, cycles) for t in s["turns"] if t["exchange"] == i])
+                             for i, e in enumerate(s["exchanges"])]
+    return data
+
+
+def prune(root, older_than_seconds: float) -> list[str]:
+    """Forget conversations last changed longer ago than ``older_than_seconds``; their ids."""
+    limit = time.time() - older_than_seconds
+    conversations = root[ROOT_KEY]
+    doomed = [cid for cid, c in conversations.items() if c._slots["updated"] <= limit]
+    for conversation_id in doomed:
+        del conversations[conversation_id]
+    return doomed
+
+
+def _touch(conversation: UvmObject) -> None:
+    conversation._slots["updated"] = time.time()

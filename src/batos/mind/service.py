@@ -1,0 +1,219 @@
+"""The mind service: asking the personas, routing, and the conversations (see IMindService).
+
+``ask`` is the dialogue: the router picks the lead and a partner; each turn is one Synaptic Cycle
+run by the cycle thread (so a turn survives a crash like any cycle); the partner builds on the
+lead; ALFRED closes when the turns repeat each other or drift from the question. At most
+``max_turns`` turns. Text reaches the asker as ``{"text", "persona"}`` events while it is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from zope.interface import implementer
+
+from batos.errors import BadRequest, BatosError, TooLarge
+from batos.llm.embeddings import Embedder
+from batos.mind import conversations
+from batos.mind.codex import PERSONA_NAMES, persona_root_name
+from batos.mind.cycle_service import CycleService
+from batos.mind.exemplars import EXEMPLAR_SLOT
+from batos.mind.interfaces import IMindService
+from batos.mind.router import ARCHETYPES, Router, check_exemplar
+from batos.mind.synaptic import SynapticCycle, persona_codex
+from batos.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[dict], Awaitable[None]]
+DEPTHS = ("auto", "direct", "facets")
+MAX_EXEMPLARS = 10_000
+
+
+@dataclass
+class MindPolicy:
+    max_turns: int = 3
+    max_question_chars: int = 4000
+    repeat_similarity: float = 0.9  # two turns this alike repeat each other
+    drift_similarity: float = 0.15  # a turn this far from the question has drifted
+
+
+class AskFailed(BatosError):
+    code = "synthesis_failed"
+
+
+@implementer(IMindService)
+class MindService:
+    """See the module docstring and IMindService."""
+
+    def __init__(self, cycles: CycleService, synaptic: SynapticCycle, router: Router, embedder: Embedder,
+                 policy: MindPolicy | None = None, check_model: Callable[[], None] = lambda: None):
+        self.check_model = check_model  # raises when no model will ever answer (e.g. BATOS_LLM=none)
+        self.cycles = cycles
+        self.runner = cycles.runner
+        self.synaptic = synaptic
+        self.router = router
+        self.embedder = embedder
+        self.policy = policy or MindPolicy()
+        self._tasks: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        """Mark the exchanges a stopped UVM left open (their turns' cycles resume on their own)."""
+        count = self.runner._transact(conversations.interrupt_open_exchanges)
+        if count:
+            log.info("%d exchange(s) were interrupted by the last stop", count)
+
+    # --- ask ------------------------------------------------------------------------------------
+
+    async def op_ask(self, fields: dict, context: Any) -> dict[str, Any]:
+        started = time.perf_counter()
+        question = self.check_question(fields["question"])
+        lead = check_persona(fields.get("persona"))
+        depth = fields.get("depth", "auto")
+        if depth not in DEPTHS:
+            raise BadRequest(f"depth must be one of {', '.join(DEPTHS)}, not {depth!r}")
+        self.check_model()
+        if fields.get("conversation") is not None:
+            await asyncio.to_thread(self.runner.read, lambda root: conversations.find(root, fields["conversation"]))
+        route = await asyncio.to_thread(self.router.route, question, lead)
+        if depth != "auto":
+            route["depth"] = depth
+        await context.emit({"route": route})
+        conversation_id, exchange = await asyncio.to_thread(self.runner._transact, lambda root: self._open_exchange(
+            root, fields.get("conversation"), question, route))
+        turns: list[dict[str, Any]] = []
+        state = "answered"
+        try:
+            speakers = [(route["lead"], "lead", route["depth"]), *((p, "partner", "direct") for p in route["partners"])]
+            for persona, role, turn_depth in speakers[:self.policy.max_turns]:
+                turns.append(await self._turn(conversation_id, exchange, persona, role, turn_depth, turns, context.emit))
+                if turns[-1]["state"] != "COMPLETE":
+                    break
+            if (len(turns) < self.policy.max_turns and turns[-1]["state"] == "COMPLETE"
+                    and all(t["persona"] != "ALFRED" for t in turns) and await self._needs_steward(question, turns)):
+                turns.append(await self._turn(conversation_id, exchange, "ALFRED", "closer", "direct", turns, context.emit))
+        except BaseException:
+            state = "failed"
+            raise
+        finally:
+            if turns and turns[0]["state"] != "COMPLETE":
+                state = "failed"
+            await asyncio.to_thread(self.runner._transact, lambda root: conversations.end_exchange(
+                conversations.find(root, conversation_id), exchange, state))
+        if state == "failed":
+            raise AskFailed(f"{turns[0]['persona']} could not answer (cycle {turns[0]['cycle']}): {turns[0]['reason']}")
+        return {"conversation": conversation_id, "exchange": exchange,
+                "route": {k: route[k] for k in ("archetype", "lead", "partners", "depth", "decided_by")},
+                "turns": [{k: t[k] for k in ("persona", "role", "text", "facets", "cycle", "state", "reason")} for t in turns],
+                "seconds": round(time.perf_counter() - started, 3)}
+
+    def check_question(self, question: str) -> str:
+        question = question.strip()
+        if not question:
+            raise BadRequest("the question is empty")
+        if len(question) > self.policy.max_question_chars:
+            raise TooLarge(f"the question is {len(question)} characters long; at most "
+                           f"{self.policy.max_question_chars} are accepted (BATOS_MAX_QUESTION_CHARS)")
+        return question
+
+    def _open_exchange(self, root, conversation_id: str | None, question: str, route: dict) -> tuple[str, int]:
+        conversation = (conversations.find(root, conversation_id) if conversation_id
+                        else conversations.start(root, question))
+        return conversation._slots["conversation_id"], conversations.add_exchange(conversation, question, route)
+
+    async def _turn(self, conversation_id: str, exchange: int, persona: str, role: str, depth: str,
+                    prior: list[dict], emit: Emit) -> dict[str, Any]:
+        """One persona's turn: its answer cycle, run and awaited, its text streamed as it comes."""
+        earlier = [{"persona": t["persona"], "text": t["text"]} for t in prior if t["text"]]
+        cycle_id = await asyncio.to_thread(self.runner._transact, lambda root: self.synaptic.start(
+            root, conversations.find(root, conversation_id), exchange, persona, role, depth, earlier))
+        await emit({"turn": {"persona": persona, "role": role, "cycle": cycle_id}})
+        loop = asyncio.get_running_loop()
+
+        def stream(piece: str) -> None:
+            loop.call_soon_threadsafe(lambda: spawn(self._tasks, emit({"text": piece, "persona": persona}),
+                                                    "sending a text piece"))
+        self.runner.streams[cycle_id] = stream
+        try:
+            found = await self.cycles.run_and_wait(cycle_id, emit)
+        finally:
+            self.runner.streams.pop(cycle_id, None)
+        complete = found["state"] == "COMPLETE"
+        return {"persona": persona, "role": role, "cycle": cycle_id, "state": found["state"],
+                "text": found.get("reply") if complete else None, "reason": found.get("reason"),
+                "facets": [a["facet"] for a in found.get("facet_answers") or [] if a.get("text")]}
+
+    async def _needs_steward(self, question: str, turns: list[dict]) -> bool:
+        """Whether the last turn repeats the one before it or drifted from the question."""
+        if len(turns) < 2:
+            return False
+        vectors = await asyncio.to_thread(self.embedder.encode, [question, turns[-2]["text"], turns[-1]["text"]])
+        repeats = float(vectors[1] @ vectors[2]) >= self.policy.repeat_similarity
+        drifts = float(vectors[0] @ vectors[2]) < self.policy.drift_similarity
+        return repeats or drifts
+
+    # --- routing --------------------------------------------------------------------------------
+
+    async def op_route(self, fields: dict, context: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.router.route, self.check_question(fields["question"]))
+
+    async def op_route_teach(self, fields: dict, context: Any) -> dict[str, Any]:
+        exemplar = check_exemplar(fields["text"], fields["archetype"])
+
+        def teach(root) -> int:
+            orchestrator = root["orchestrator_obj"]
+            known = list(orchestrator._slots.get(EXEMPLAR_SLOT) or [])
+            if len(known) >= MAX_EXEMPLARS:
+                raise TooLarge(f"the router already holds {MAX_EXEMPLARS} exemplars")
+            orchestrator._slots[EXEMPLAR_SLOT] = [*known, {"text": exemplar.text, "archetype": exemplar.archetype}]
+            return len(known) + 1
+        return {"exemplars": await asyncio.to_thread(self.runner._transact, teach), "archetype": exemplar.archetype}
+
+    # --- personas and conversations ---------------------------------------------------------------
+
+    async def op_personas(self, fields: dict, context: Any) -> list[dict[str, Any]]:
+        experts = await asyncio.to_thread(self.runner.experts)
+
+        def listing(root) -> list[dict[str, Any]]:
+            found = []
+            for name in PERSONA_NAMES:
+                codex = persona_codex(root[persona_root_name(name)])
+                codex["bound_to"] = "expert" if codex["expert"] in experts else "system prompt"
+                codex["facets"] = [{"selector": selector, "intent": f["intent"], "compiled": f["system"] is not None,
+                                    "version": f["version"]} for selector, f in codex["facets"].items()]
+                found.append(codex)
+            return found
+        return await asyncio.to_thread(self.runner.read, listing)
+
+    async def op_conversations_list(self, fields: dict, context: Any) -> list[dict[str, Any]]:
+        def listing(root) -> list[dict[str, Any]]:
+            cycles = root["active_cycles"]
+            found = [conversations.summary(c, cycles) for c in root[conversations.ROOT_KEY].values()]
+            return sorted(found, key=lambda c: c["created"])
+        return await asyncio.to_thread(self.runner.read, listing)
+
+    async def op_conversation_show(self, fields: dict, context: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.runner.read, lambda root: conversations.summary(
+            conversations.find(root, fields["conversation"]), root["active_cycles"], detail=True))
+
+    async def op_conversations_prune(self, fields: dict, context: Any) -> dict[str, Any]:
+        days = fields.get("days", 0)
+        if days < 0:
+            raise BadRequest("days must not be negative")
+        return {"pruned": await asyncio.to_thread(self.runner._transact,
+                                                  lambda root: conversations.prune(root, days * 86400))}
+
+
+def check_persona(name: str | None) -> str | None:
+    if name is None:
+        return None
+    if name.upper() not in PERSONA_NAMES:
+        raise BadRequest(f"unknown persona {name!r}; the personas are {', '.join(PERSONA_NAMES)}")
+    return name.upper()
+
+
+__all__ = ["ARCHETYPES", "MindPolicy", "MindService", "check_persona"]
