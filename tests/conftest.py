@@ -217,6 +217,26 @@ def plain_model_folder(model_cache) -> Path:
     return default_model_folder(model_cache, "bfloat16")
 
 
+@pytest.fixture(scope="session")
+def adapters(tmp_path_factory, plain_model_folder) -> Path:
+    """A staging folder with two small random LoRA adapters made with peft on the real model."""
+    import gc
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    staging = tmp_path_factory.mktemp("lora_adapters")
+    for seed, name in ((1, "BRICK"), (2, "ROBIN")):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(plain_model_folder, dtype=torch.bfloat16)
+        config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        get_peft_model(base, config).save_pretrained(staging / name)
+        del base
+        gc.collect()
+    return staging
+
+
 def llm_env(model_cache: Path, **extra: str) -> dict[str, str]:
     return {"BATOS_LLM": "embedded", "BATOS_MODEL_CACHE": str(model_cache), **extra}
 

@@ -32,24 +32,6 @@ def wait_for_state(client, states: set[str], timeout: float = 600) -> dict:
     raise AssertionError(f"the model never reached {states}: {llm}")
 
 
-@pytest.fixture(scope="session")
-def adapters(tmp_path_factory, plain_model_folder) -> Path:
-    """A staging folder with two small random LoRA adapters made with peft on the real model."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    staging = tmp_path_factory.mktemp("lora_adapters")
-    for seed, name in ((1, "BRICK"), (2, "ROBIN")):
-        torch.manual_seed(seed)
-        base = AutoModelForCausalLM.from_pretrained(plain_model_folder, dtype=torch.bfloat16)
-        config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-        get_peft_model(base, config).save_pretrained(staging / name)
-        del base
-        gc.collect()
-    return staging
-
-
 def test_default_model_imports_into_a_fresh_image_and_generates_after_restart(image_path, model_cache):
     srv = Server(image_path, env=llm_env(model_cache)).start()
     try:

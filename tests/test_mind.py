@@ -89,7 +89,7 @@ def test_ask_plans_delegates_weaves_and_keeps_the_conversation(image_path, mind_
             facet_request = ScriptedMind.requests[1][1]["messages"]
             assert "BRICK" in facet_request[0]["content"] and "plain facts" in facet_request[0]["content"]
             partner_prompt = ScriptedMind.requests[4][1]["messages"][-1]["content"]
-            assert LEAD[:40] in partner_prompt  # ROBIN builds on BRICK's turn
+            assert "BRICK already answered this. Do not repeat BRICK" in partner_prompt
             compiled = {f["selector"]: f["compiled"] for p in c.call("personas") if p["name"] == "BRICK" for f in p["facets"]}
             assert compiled == {"tamland_facet_": True, "guide_facet_": True, "lego_batman_facet_": False}
             method_cycles = [x for x in c.call("cycles_list") if x["kind"] == "method"]
@@ -180,8 +180,9 @@ def test_the_quality_gate_revises_once_then_fails_with_its_reason(image_path, mi
             result = c.ask(TECHNICAL, depth="direct")
             lead = cycle(c, result["turns"][0]["cycle"])
             assert [a["verdict"] for a in lead["attempts"]] == ["the reply is empty", "passed"]
-            revision = [body for kind, body in ScriptedMind.requests if kind == "reply"][1]["messages"][-1]["content"]
-            assert "rejected: the reply is empty" in revision
+            first, revision = [body for kind, body in ScriptedMind.requests if kind == "reply"][:2]
+            assert revision["temperature"] == 0.7 and first["temperature"] == 0.0  # sampled, not a greedy repeat
+            assert len(revision["messages"]) == len(first["messages"]) - 2  # without the codex's example
             assert [t for t in lead["transitions"] if t["state"] == "SYNTHESIZING"].__len__() == 2
 
             leak = "You are BRICK, the deconstruction engine: a logical, architectural, action-oriented mind."

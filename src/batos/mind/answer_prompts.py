@@ -35,12 +35,12 @@ def persona_system(persona: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def persona_messages(persona: dict[str, Any]) -> list[Message]:
+def persona_messages(persona: dict[str, Any], with_example: bool = True) -> list[Message]:
     """The system prompt, then the codex's example exchange as a turn of the chat (a small model
     imitates an exchange far better than a description)."""
     messages = [{"role": "system", "content": persona_system(persona)}]
     example = persona.get("example")
-    if isinstance(example, dict) and example.get("question") and example.get("answer"):
+    if with_example and isinstance(example, dict) and example.get("question") and example.get("answer"):
         messages += [{"role": "user", "content": example["question"]}, {"role": "assistant", "content": example["answer"]}]
     return messages
 
@@ -48,11 +48,6 @@ def persona_messages(persona: dict[str, Any]) -> list[Message]:
 def context_messages(context: list[dict[str, str]]) -> list[Message]:
     """Earlier exchanges of the conversation, oldest first (already bounded by the caller)."""
     return [{"role": m["role"], "content": m["content"]} for m in context]
-
-
-def first_sentence(text: str, limit: int = 200) -> str:
-    sentence = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]
-    return _clip(sentence, limit)
 
 
 def _clip(text: str, limit: int) -> str:
@@ -80,22 +75,22 @@ def facet_messages(system: str, sub_question: str, question: str) -> list[Messag
 
 def reply_messages(persona: dict[str, Any], question: str, context: list[dict[str, str]],
                    prior: list[dict[str, str]], notes: list[dict[str, str]], task: str | None,
-                   feedback: str | None = None) -> list[Message]:
+                   revision: bool = False) -> list[Message]:
     """The persona's reply: to the question (direct), woven from its facets' notes, or, with
-    ``task``, a partner's turn on the turns before it (which it sees in short, so that a small
-    model adds to it instead of copying it)."""
+    ``task``, a partner's turn after the turns before it."""
     parts = [question]
     if notes:
         parts.append("(Notes from your pillars:\n" + "\n".join(
             f"- {n['facet'].removesuffix('_facet_')}: {_clip(n['text'], MAX_NOTE_CHARS)}" for n in notes)
             + f"\nAnswer in your own voice, using what helps, in at most {REPLY_SENTENCES} sentences.)")
-    if task and prior:
-        said = " ".join(f"{t['persona']} has already answered: \"{first_sentence(t['text'])}\"" for t in prior[-2:])
-        parts.append(f"({said} Do not repeat it: {task}.)")
-    messages = [*persona_messages(persona), *context_messages(context), {"role": "user", "content": "\n\n".join(parts)}]
-    if feedback:
-        messages.append({"role": "user", "content": f"Your last reply was rejected: {feedback}. Write the reply again."})
-    return messages
+    if task and prior:  # who answered, not what: shown an answer, a 0.5B model copies it
+        who = " and ".join(dict.fromkeys(t["persona"] for t in prior[-2:]))
+        parts.append(f"({who} already answered this. Do not repeat {who}: {task}.)")
+    # a revision goes without the example: the usual reason to revise is a copy of it
+    # A revision is sampled from the same prompt without the example (the usual reason to revise
+    # is a copy of it, or a loop). The reason is not put in the prompt: a 0.5B model repeats it.
+    return [*persona_messages(persona, with_example=not revision), *context_messages(context),
+            {"role": "user", "content": "\n\n".join(parts)}]
 
 
 class PlanStep(BaseModel):

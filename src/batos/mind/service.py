@@ -135,7 +135,7 @@ class MindService:
         loop = asyncio.get_running_loop()
 
         def stream(piece: str) -> None:
-            loop.call_soon_threadsafe(lambda: spawn(self._tasks, emit({"text": piece, "persona": persona}),
+            loop.call_soon_threadsafe(lambda: spawn(self._tasks, emit({"text": piece, "persona": persona, "cycle": cycle_id}),
                                                     "sending a text piece"))
         self.runner.streams[cycle_id] = stream
         try:

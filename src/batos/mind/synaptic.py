@@ -14,7 +14,7 @@ crash, no transaction open across a model call, transient failures retried):
          -> SYNTHESIZING  the reply: woven from the facets' notes in the persona's voice (or
                           direct), streamed to whoever asked.
          -> VALIDATING    the quality gate: not empty, bounded, on topic, no prompt text leaked.
-                          A failure revises once (back to SYNTHESIZING with the reason), then FAILED.
+                          A failure revises once (back to SYNTHESIZING, sampled), then FAILED.
          -> COMPLETE      in the same transaction, the reply becomes the conversation's turn.
 
 An answer cycle's slots, besides the runner's own (cycle_id, synthesis_state*, transitions,
@@ -188,9 +188,9 @@ class SynapticCycle:
             return self._job(cycle)
         job = self.runner._change(cycle_id, enter)
         notes = [a for a in job["facet_answers"] if a["text"]]
-        feedback = job["attempts"][-1]["verdict"] if job["iteration"] > 1 else None
         task = {"lead": None, "partner": PARTNER_TASKS.get(job["persona"]["name"]), "closer": CLOSING_TASK}[job["role"]]
-        messages = reply_messages(job["persona"], job["question"], job["context"], job["prior"], notes, task, feedback)
+        messages = reply_messages(job["persona"], job["question"], job["context"], job["prior"], notes, task,
+                                  revision=job["iteration"] > 1)
         started = time.perf_counter()
         text = ReplyText(job["persona"]["name"], self.runner.streams.get(cycle_id))
         try:
@@ -244,6 +244,9 @@ class SynapticCycle:
             return f"the reply is {len(reply)} characters long, over {self.policy.max_reply_chars}"
         if "<|" in reply or "|>" in reply:
             return "the reply holds chat-template markers"
+        repeated_line = repeated_sentence(reply)
+        if repeated_line:
+            return f"the reply repeats itself ({repeated_line[:60]!r} more than once)"
         leaked = leaked_words(reply, instructions, self.policy.leak_words)
         if leaked:
             return f"the reply repeats its instructions ({leaked!r})"
@@ -353,6 +356,17 @@ class ReplyText:
 @dataclass(frozen=True)
 class FacetUnavailable:
     reason: str
+
+
+def repeated_sentence(reply: str) -> str | None:
+    """A sentence (of four words or more) that ``reply`` says twice: a small model's loop."""
+    seen = set()
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+", reply):
+        words = tuple(re.findall(r"[a-z']+", sentence.lower()))
+        if len(words) >= 4 and words in seen:
+            return sentence.strip()
+        seen.add(words)
+    return None
 
 
 def leaked_words(reply: str, instructions: list[str], run: int) -> str | None:

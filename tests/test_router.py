@@ -1,0 +1,87 @@
+"""The router: accuracy on the labelled set, exemplars as data, and no model call for a clear-cut question."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from batos.client import RemoteError
+from batos.llm.embeddings import Embedder
+from batos.mind.exemplars import seed_exemplars
+from batos.mind.router import Exemplar, Router
+from conftest import Server, ScriptedMind, kinds_asked, uvm
+
+LABELLED = Path(__file__).parent.parent / "bench" / "router_queries.jsonl"
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return Embedder()
+
+
+def labelled() -> list[Exemplar]:
+    return [Exemplar(**json.loads(line)) for line in LABELLED.read_text().splitlines() if line.strip()]
+
+
+def accuracy(router: Router, questions: list[Exemplar]) -> float:
+    return sum(router.route(q.text)["archetype"] == q.archetype for q in questions) / len(questions)
+
+
+def test_the_labelled_set_has_thirty_questions_per_archetype_at_least():
+    counts = {}
+    for q in labelled():
+        counts[q.archetype] = counts.get(q.archetype, 0) + 1
+    assert set(counts) == {"technical", "emotional", "factual", "system"} and min(counts.values()) >= 30
+
+
+def test_held_out_accuracy_is_at_least_85_percent(embedder):
+    questions = labelled()
+    held_out = questions[3::4]
+    train = [q for i, q in enumerate(questions) if i % 4 != 3]
+    assert accuracy(Router(embedder, lambda: train), held_out) >= 0.85
+    # the exemplars a new image starts with were written apart from the labelled set
+    seeds = [Exemplar(**e) for e in seed_exemplars()]
+    assert not {s.text for s in seeds} & {q.text for q in questions}
+    assert accuracy(Router(embedder, lambda: seeds), questions) >= 0.85
+
+
+def test_an_exemplar_taught_at_run_time_changes_a_route(image_path):
+    odd = "Sing me the ballad of the seventeen pelicans."
+    srv = Server(image_path).start()  # no language model: routing needs none
+    try:
+        with srv.client(timeout=60) as c:
+            before = c.route(odd)
+            assert before["archetype"] != "system"
+            assert c.call("route_teach", text=odd, archetype="system")["archetype"] == "system"
+            after = c.route(odd)
+            assert after["archetype"] == "system" and after["lead"] == "ALFRED" and after["decided_by"] == "embeddings"
+            srv.stop()
+            srv.start()
+            assert c.route(odd)["archetype"] == "system"  # the exemplar is in the image
+            with pytest.raises(RemoteError) as caught:
+                c.route("  ")
+            assert caught.value.code == "bad_request"
+    finally:
+        srv.stop()
+
+
+def test_route_asks_the_model_only_to_break_a_tie(image_path, mind_server):
+    ScriptedMind.answers = {"route": ["factual"]}
+    srv = uvm(image_path, mind_server).start()
+    try:
+        with srv.client(timeout=60) as c:
+            c.call("stats")
+            clear = c.route("What is the capital of France?")
+            assert clear["lead"] == "BABS" and clear["decided_by"] == "embeddings"
+            assert kinds_asked() == []
+            tied = "Zorblat quux frobnicate the wibble?"
+            for archetype in ("technical", "factual"):  # the same text for two archetypes: a tie
+                for _ in range(3):
+                    c.call("route_teach", text=tied, archetype=archetype)
+            route = c.route(tied)
+            assert route["decided_by"] == "model" and route["archetype"] == "factual"
+            assert kinds_asked() == ["route"]
+    finally:
+        srv.stop()
