@@ -40,20 +40,24 @@ def test_a_batch_of_three_prompts_answers_as_the_prompts_do_one_by_one(engine):
     assert [g.prompt_tokens for g in together] == [engine.generate(c, max_new_tokens=1).prompt_tokens for c in conversations]
 
 
-def test_a_system_prompt_the_batch_shares_is_decoded_once_and_answers_stay_the_same(engine):
-    system = ("You are BRICK, a logical and literal engineer. You break every problem into numbered parts, "
-              "you name each part plainly, and you never use more than three sentences.")
-    conversations = [chat(question, system) for question in QUESTIONS]
+def test_prompts_that_begin_alike_still_answer_as_each_alone(engine):
+    """A persona's three facets: one beginning, three intents. (Decoding that beginning once and
+    copying llama.cpp's KV buffer to the other sequences changed the second and third answers;
+    each sequence now decodes its own prompt.)"""
+    from batos.mind.answer_prompts import facet_messages
+    from batos.mind.codex import CODICES
+    from batos.mind.cycle import facet_system
+
+    brick = CODICES[0]
+    question = "My script crashes when the config file is missing. How do I fix it?"
+    conversations = [facet_messages(facet_system(intent, brick.identity), f"Your view, as {selector}?", question)
+                     for selector, intent in brick.facets.items()]
     alone = []
     for conversation in conversations:
         engine.forget_prompts()
-        alone.append(engine.generate(conversation, max_new_tokens=24).text)
+        alone.append(engine.generate(conversation, max_new_tokens=96).text)
     engine.forget_prompts()
-    reused = engine.reused_tokens
-    together = engine.generate_many(conversations, max_new_tokens=24)
-    system_tokens = len(engine.model.tokenize(system.encode(), add_bos=False, special=False))
-    assert engine.reused_tokens - reused >= 2 * system_tokens  # decoded for one sequence, copied to two
-    assert [g.text for g in together] == alone
+    assert [g.text for g in engine.generate_many(conversations, max_new_tokens=96)] == alone
 
 
 def test_more_prompts_than_sequences_are_answered_in_order(gguf_model_file):

@@ -6,8 +6,9 @@ so the quantized weights are neither copied nor dequantized. One context serves 
 one token per sequence per step; each sequence's cache keeps the tokens it last held, so a prompt that starts like the one
 before it (the covenant prompt, a persona's system prompt) only decodes what is new. Experts are
 GGUF LoRA adapters, applied to the context for the requests that name them. One call runs at a time.
-Prompts are decoded one sequence at a time and answers together: a batched greedy answer is the
-same text as the prompt's answer alone.
+Prompts are decoded one sequence at a time, each in its own sequence, and answers together: a
+batched greedy answer is the same text as the prompt's answer alone. (A beginning several prompts
+share is not decoded once and copied to the others: the copy changed the answers.)
 """
 
 from __future__ import annotations
@@ -206,7 +207,6 @@ class LlamaCppBackend:
         sequences = [self._start(slot, prompt, expert, max_new_tokens, stop, temperature, seed)
                      for slot, prompt in enumerate(prompts)]
         try:
-            self._share_prefix(sequences)
             while not all(s.done for s in sequences):
                 self._step(sequences)
                 if stream is not None:
@@ -252,32 +252,6 @@ class LlamaCppBackend:
             sampler.add_temp(temperature)
             sampler.add_dist(self._lib.LLAMA_DEFAULT_SEED if seed is None else seed & 0xFFFFFFFF)
         return sampler
-
-    def _share_prefix(self, sequences: list[_Sequence]) -> None:
-        """Decode the beginning the prompts share once, in the sequence that holds most of it, and
-        copy its cache to the sequences that lack it (a persona's system prompt, a repeated prompt)."""
-        if len(sequences) < 2:
-            return
-        shared = min(_common_prefix(sequences[0].prompt, s.prompt) for s in sequences[1:])
-        shared = min(shared, min(len(s.prompt) for s in sequences) - EXACT_CHUNK)  # each keeps 8 of its own
-        leader = max(sequences, key=lambda s: len(s.decoded))
-        followers = [s for s in sequences if s is not leader and len(s.decoded) < shared]
-        if not followers or shared < EXACT_CHUNK:
-            return
-        held = len(leader.decoded)
-        if held < shared:
-            if shared - held < EXACT_CHUNK:  # decode at least 8 tokens at once
-                self.reused_tokens -= held - (shared - EXACT_CHUNK)
-                held = shared - EXACT_CHUNK
-                self._lib.llama_memory_seq_rm(self.context.memory, leader.slot, held, -1)
-                del leader.decoded[held:]
-            self._prefill(leader, leader.prompt[held:shared])
-            leader.pending = leader.prompt[shared:]
-        for s in followers:
-            self._lib.llama_memory_seq_cp(self.context.memory, leader.slot, s.slot, -1, -1)
-            self._lib.llama_memory_seq_rm(self.context.memory, s.slot, shared, -1)
-            self.reused_tokens += shared - len(s.decoded)
-            s.decoded, s.pending = s.prompt[:shared], s.prompt[shared:]
 
     def _prefill(self, s: _Sequence, tokens: list[int]) -> None:
         """Decode ``tokens`` of one sequence's prompt without sampling, in chunks of 8 or more."""

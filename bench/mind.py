@@ -1,0 +1,188 @@
+"""The Composite Mind on the default model (llama.cpp), 2 cores.
+
+  (a) router: latency p50/p99 of a route (embedding + scoring) and its accuracy on the labelled
+      set (5-fold cross-validation; and the image's seed exemplars on the whole set)
+  (b) facets: three facet generations batched (generate_many) against the same three one after
+      another, median of --repeats
+  (c) time to the first streamed token of `ask` (direct) against a bare `infer_` of the same
+      prompt length, through a real UVM
+  (d) a whole `ask` (route + lead with facets + a partner turn): seconds, tokens generated, and
+      the overhead over the sum of its model calls
+  and three whole transcripts (one per archetype) for bench/README.md.
+
+    .venv/bin/python bench/mind.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from batos.llm.embeddings import Embedder  # noqa: E402
+from batos.mind.answer_prompts import facet_messages  # noqa: E402
+from batos.mind.codex import CODICES  # noqa: E402
+from batos.mind.cycle import facet_system  # noqa: E402
+from batos.mind.exemplars import seed_exemplars  # noqa: E402
+from batos.mind.router import Exemplar, Router  # noqa: E402
+
+QUESTION = "My script crashes when the config file is missing. How do I fix it?"
+TRANSCRIPTS = ("My script crashes when the config file is missing. How do I fix it?",
+               "I'm anxious about tomorrow's job interview and I can't stop thinking about it.",
+               "What is the boiling point of water on Everest, and why is it lower than at sea level?")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def router_figures() -> dict:
+    rows = [Exemplar(**json.loads(line)) for line in (HERE / "router_queries.jsonl").read_text().splitlines()]
+    embedder = Embedder()
+    embedder.load()
+    shuffled = rows[:]
+    random.Random(0).shuffle(shuffled)
+    correct, latencies = 0, []
+    for fold in range(5):
+        test = shuffled[fold::5]
+        train = [r for i, r in enumerate(shuffled) if i % 5 != fold]
+        router = Router(embedder, lambda train=train: train)
+        router.route("warm up")
+        for row in test:
+            started = time.perf_counter()
+            correct += router.route(row.text)["archetype"] == row.archetype
+            latencies.append((time.perf_counter() - started) * 1000)
+    seeds = [Exemplar(**e) for e in seed_exemplars()]
+    seed_router = Router(embedder, lambda: seeds)
+    seed_correct = sum(seed_router.route(r.text)["archetype"] == r.archetype for r in rows)
+    return {"queries": len(rows), "cv_accuracy": round(correct / len(rows), 3),
+            "seed_accuracy": round(seed_correct / len(rows), 3),
+            "p50_ms": round(percentile(latencies, 0.5), 2), "p99_ms": round(percentile(latencies, 0.99), 2)}
+
+
+def facet_figures(repeats: int) -> dict:
+    from engines import make_backend
+
+    backend = make_backend("llama.cpp")
+    brick = CODICES[0]
+    conversations = [facet_messages(facet_system(intent, brick.identity), f"Your view, as {selector}?", QUESTION)
+                     for selector, intent in brick.facets.items()]
+    batched, alone, tokens = [], [], 0
+    try:
+        for _ in range(repeats):
+            backend.forget_prompts()
+            started = time.perf_counter()
+            together = backend.generate_many(conversations, max_new_tokens=96)
+            batched.append(time.perf_counter() - started)
+            backend.forget_prompts()
+            started = time.perf_counter()
+            one_by_one = [backend.generate(c, max_new_tokens=96) for c in conversations]
+            alone.append(time.perf_counter() - started)
+            tokens = sum(g.completion_tokens for g in together)
+            assert [g.text for g in together] == [g.text for g in one_by_one]
+    finally:
+        backend.close()
+    return {"facets": len(conversations), "tokens": tokens, "batched_s": round(statistics.median(batched), 2),
+            "one_after_another_s": round(statistics.median(alone), 2),
+            "speedup": round(statistics.median(alone) / statistics.median(batched), 2)}
+
+
+def uvm_figures(repeats: int) -> tuple[dict, list[dict]]:
+    from conftest import Server
+
+    from batos.llm.settings import LLMSettings
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-mind-"))
+    srv = Server(folder / "image.fs", env={"BATOS_LLM": "embedded", "BATOS_MODEL_CACHE": LLMSettings().model_cache})
+    srv.start()
+    try:
+        with srv.client(timeout=900) as c:
+            c.send("pLLM_obj", "infer_", "Say hello.", max_new_tokens=4)  # the model is loaded
+            c.ask("Warm up: how do I open a file?", depth="direct")
+            ttft_ask, ttft_infer = [], []
+            for _ in range(repeats):
+                asked: list[dict] = []
+                ttft_ask.append(first_piece(lambda on: asked.append(
+                    c.ask(QUESTION, persona="BRICK", depth="direct", on_event=on))))
+                prompt_words = " ".join(["word"] * prompt_length(c, asked[0]["turns"][0]["cycle"]))
+                ttft_infer.append(first_piece(lambda on: c.call("send", target="pLLM_obj", selector="infer_",
+                                                                args=[prompt_words], kwargs={"max_new_tokens": 160},
+                                                                on_event=on)))
+            whole = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                result = c.ask(QUESTION, depth="facets")
+                seconds = time.perf_counter() - started
+                cycles = [c.call("cycle_show", cycle=t["cycle"]) for t in result["turns"]]
+                model = sum(a.get("generation_seconds") or 0 for x in cycles for a in x["attempts"])
+                whole.append({"seconds": seconds, "model_seconds": model, "turns": len(result["turns"]),
+                              "facets": len(result["turns"][0]["facets"]),
+                              "words": sum(len((t["text"] or "").split()) for t in result["turns"])})
+            transcripts = [ask_or_reason(c, q) for q in TRANSCRIPTS]
+            llm = c.stats()["llm"]
+    finally:
+        srv.stop()
+    middle = sorted(whole, key=lambda w: w["seconds"])[len(whole) // 2]
+    figures = {"ttft_ask_s": round(statistics.median(ttft_ask), 3), "ttft_infer_s": round(statistics.median(ttft_infer), 3),
+               "ttft_ratio": round(statistics.median(ttft_ask) / statistics.median(ttft_infer), 2),
+               "ask_seconds": round(middle["seconds"], 2), "ask_model_seconds": round(middle["model_seconds"], 2),
+               "ask_overhead": round(1 - middle["model_seconds"] / middle["seconds"], 3),
+               "ask_turns": middle["turns"], "ask_facets": middle["facets"], "ask_words": middle["words"],
+               "engine": llm.get("engine")}
+    return figures, transcripts
+
+
+def ask_or_reason(c, question: str) -> dict:
+    from batos.client import RemoteError
+
+    try:
+        return c.ask(question)
+    except RemoteError as exc:
+        route = c.route(question)
+        return {"route": route, "turns": [{"persona": route["lead"], "facets": [], "text": None, "reason": exc.message}]}
+
+
+def prompt_length(c, cycle_id: str) -> int:
+    """About as many words as the lead's whole prompt (system, example, question)."""
+    shown = c.call("cycle_show", cycle=cycle_id)
+    return len(shown["attempts"][-1]["prompt"].split()) + 75
+
+
+def first_piece(call) -> float:
+    started = time.perf_counter()
+    seen: list[float] = []
+
+    def on(event: dict) -> None:
+        if "text" in event and not seen:
+            seen.append(time.perf_counter() - started)
+    call(on)
+    return seen[0] if seen else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print("router:", json.dumps(router_figures()), flush=True)
+    print("facets:", json.dumps(facet_figures(args.repeats)), flush=True)
+    figures, transcripts = uvm_figures(args.repeats)
+    print("ask:", json.dumps(figures), flush=True)
+    for result in transcripts:
+        route = result["route"]
+        print(f"\n### {route['archetype']}: {route['lead']}, then {', '.join(route['partners'])}\n")
+        for turn in result["turns"]:
+            facets = f" (facets: {', '.join(turn['facets'])})" if turn["facets"] else ""
+            print(f"**{turn['persona']}**{facets}: {turn['text'] or '(no answer: ' + str(turn['reason']) + ')'}\n")
+
+
+if __name__ == "__main__":
+    main()
