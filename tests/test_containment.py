@@ -42,6 +42,8 @@ def drain(server: Server) -> Server:
 
 
 def prepare(image_path: Path, tmp: Path) -> None:
+    from batos.mind import conversations
+
     """A target that holds references to kernel objects, a helper method, and an expert with a blob."""
     adapter = tmp / "mallory"
     adapter.mkdir()
@@ -55,8 +57,10 @@ def prepare(image_path: Path, tmp: Path) -> None:
         pllm._slots["lora_repository"]["mallory"] = adapter_record(adapter, "mallory")
         pllm._slots["model_bundles"]["tiny"] = import_folder(model, "tiny", "test")
         target = root["genesis_obj"].clone()
+        conversations.install_conversations(root)
         target._slots.update(name="target", total=1, llm=pllm, traits=root["traits_obj"],
-                             state=root["psm_prototypes_obj"]._slots["IDLE"])
+                             state=root["psm_prototypes_obj"]._slots["IDLE"],
+                             conversation=conversations.start(root, "What did BRICK say?"))
         root["attack_target"] = target
     with opened_root(image_path) as root:
         from batos.image import Method

@@ -325,3 +325,33 @@ def test_a_facet_sent_directly_compiles_from_its_intent_once(image_path, mind_se
             assert c.call("methods", target="robin_prototype_obj", selector="sage_facet_")["persona"] == "ROBIN"
     finally:
         srv.stop()
+
+
+def test_chat_keeps_a_conversation_switches_persona_and_starts_anew(image_path, mind_server):
+    import subprocess
+
+    from conftest import BATOS
+
+    answers(reply=["Check that the config file exists before reading it.",
+                   "Feeling stuck on a missing config file is normal; you will get it working.",
+                   "Write a test that deletes the config file and checks the defaults.",
+                   "Testing the fix this way gives you confidence it keeps working.",
+                   "Feeling anxious before an interview is natural and shows you care about it.",
+                   "1. Prepare three stories. 2. Sleep well before the interview."])
+    srv = uvm(image_path, mind_server).start()
+    try:
+        lines = "\n".join([TECHNICAL, "/persona brick", "And how do I test that fix in my script?", "/new",
+                           "/persona", "I'm anxious about my interview tomorrow.", "/nonsense", "/quit"]) + "\n"
+        out = subprocess.run([*BATOS, "chat", "--endpoint", srv.endpoint], input=lines, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("BRICK: ") == 3 and out.stdout.count("ROBIN: ") == 3, out.stdout
+        assert out.stdout.splitlines()[4].startswith("ROBIN: Feeling anxious")  # /persona alone: the router leads
+        assert "unknown command /nonsense" in out.stderr and "(a new conversation)" in out.stderr
+        with srv.client() as c:
+            listed = c.call("conversations_list")
+            assert [x["exchanges"] for x in listed] == [2, 1]
+            second = c.call("conversation_show", conversation=listed[0]["id"])["exchanges"][1]
+            assert second["route"]["lead"] == "BRICK"
+    finally:
+        srv.stop()

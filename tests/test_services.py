@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from zope.interface.verify import verifyObject
+from zope.interface.verify import verifyClass, verifyObject
 
 from batos.client import RemoteError
 from batos.errors import NotFound
@@ -24,18 +24,20 @@ from batos.llm.core import ModelUnavailable
 from batos.llm.generation import BackendError
 from batos.mind.cycle import CyclePolicy, CycleRunner
 from batos.mind.cycle_service import CycleService
-from batos.mind.interfaces import ICycleService
+from batos.mind.interfaces import ICycleService, IMindService
+from batos.mind.service import MindService
 
 from conftest import EXAMPLE, ScriptedModel, make_counter, opened_root, uvm
 from test_cycle import GOOD, Script, finish_event
 
 
 def test_every_op_is_served_by_the_service_the_table_names():
-    served_by = {"kernel": UVM, "image": UVM, "cycles": CycleService, "models": ModelService}
+    served_by = {"kernel": UVM, "image": UVM, "cycles": CycleService, "models": ModelService, "mind": MindService}
     assert set(op.service for op in protocol.OPS.values()) == set(protocol.SERVICES) == set(served_by)
     for name, op in protocol.OPS.items():
         assert callable(getattr(served_by[op.service], f"op_{name}", None)), name
     assert protocol.WRITING_OPS == {name for name, op in protocol.OPS.items() if op.writes}
+    assert verifyClass(IMindService, MindService)
 
 
 class FakeCore:
@@ -108,8 +110,8 @@ def test_the_cycle_thread_survives_a_failure_while_failing_a_cycle(tmp_path, cap
     img = open_image(str(tmp_path / "i.fs"))
     runner = CycleRunner(img.db, Script(ValueError("a bug in a step"), GOOD, GOOD), CyclePolicy(backoff_base=0.001))
     service = CycleService(runner)
-    original_fail = runner._fail
-    runner._fail = lambda cycle_id, reason: (_ for _ in ()).throw(RuntimeError("the image refused"))
+    original_fail = runner.fail
+    runner.fail = lambda cycle_id, reason: (_ for _ in ()).throw(RuntimeError("the image refused"))
     runner.add_listener(lambda cycle_id, state: 1 / 0)  # a broken listener is logged, not fatal
     target = runner.read(lambda root: oid_text(root["counter_obj"]))
     try:
@@ -119,7 +121,7 @@ def test_the_cycle_thread_survives_a_failure_while_failing_a_cycle(tmp_path, cap
             service.start()
             service.enqueue(first)
             assert first_done.wait(20)  # released although failing it failed
-            runner._fail = original_fail
+            runner.fail = original_fail
             second = runner.start_or_join(target, "other_total", [5], {}, "add", [])
             second_done = finish_event(runner, second)
             service.enqueue(second)

@@ -231,7 +231,7 @@ class CycleRunner:
         """Drive one cycle until it finishes or waits for approval; return its state."""
         with self._running:
             while True:
-                kind, state = self._read(cycle_id, lambda cycle: (kind_of(cycle), state_of(cycle)))
+                kind, state = self.read_cycle(cycle_id, lambda cycle: (kind_of(cycle), state_of(cycle)))
                 if state in FINISHED or state == "AWAITING_APPROVAL":
                     self._finished(cycle_id, state)
                     return state
@@ -241,27 +241,27 @@ class CycleRunner:
         def step(root, cycle):
             s = cycle._slots
             s["brief"] = mission_brief(s["target"], s["selector"], s["args"], s["kwargs"], s["intent"], s["examples"])
-            self._move(root, cycle, "DECOMPOSING")
-        self._change(cycle_id, step)
+            self.move(root, cycle, "DECOMPOSING")
+        self.change(cycle_id, step)
 
     def delegate(self, cycle_id: str) -> None:
-        brief = self._read(cycle_id, lambda cycle: to_plain(cycle._slots["brief"]))
+        brief = self.read_cycle(cycle_id, lambda cycle: to_plain(cycle._slots["brief"]))
         persona, route = self.choose_persona(brief)  # no transaction is open here
 
         def step(root, cycle):
             cycle._slots["persona"] = persona
             cycle._slots["route"] = route
             cycle._slots["model"] = self.model_name()
-            self._move(root, cycle, "DELEGATING")
-        self._change(cycle_id, step)
+            self.move(root, cycle, "DELEGATING")
+        self.change(cycle_id, step)
 
     def synthesize(self, cycle_id: str) -> None:
         def enter(root, cycle):
             if state_of(cycle) != "SYNTHESIZING":
-                self._move(root, cycle, "SYNTHESIZING")
+                self.move(root, cycle, "SYNTHESIZING")
             return (to_plain(cycle._slots["brief"]), [dict(a) for a in cycle._slots["attempts"]],
                     cycle._slots["iteration"], cycle._slots.get("persona"))
-        brief, attempts, iteration, persona = self._change(cycle_id, enter)
+        brief, attempts, iteration, persona = self.change(cycle_id, enter)
         if is_facet(brief["selector"]):
             return self._write_facet(cycle_id, brief)
         messages = build_messages(brief, attempts, persona)
@@ -270,9 +270,9 @@ class CycleRunner:
             options["expert"] = persona
         started = time.perf_counter()
         try:
-            answers = self._generate_with_retries(messages, options)  # no transaction is open here
+            answers = self.generate_with_retries(messages, options)  # no transaction is open here
         except BackendError as exc:
-            return self._fail(cycle_id, f"the language model failed: {exc}")
+            return self.fail(cycle_id, f"the language model failed: {exc}")
         seconds = time.perf_counter() - started
         candidates, verdict = self._new_candidates(answers, brief["selector"], attempts)
 
@@ -284,8 +284,8 @@ class CycleRunner:
                 "temperature": options["temperature"], "generation_seconds": round(seconds, 3),
             })
             if verdict is None:
-                self._move(root, cycle, "VALIDATING")
-        self._change(cycle_id, record)
+                self.move(root, cycle, "VALIDATING")
+        self.change(cycle_id, record)
         if verdict is not None:
             self._revise_or_fail(cycle_id)
 
@@ -312,16 +312,16 @@ class CycleRunner:
     def _write_facet(self, cycle_id: str, brief: dict) -> None:
         """A facet needs no model to write it: its source follows from the intent."""
         if not brief.get("intent"):
-            return self._fail(cycle_id, "a facet (a selector ending in _facet_) needs an intent: what the model should be")
+            return self.fail(cycle_id, "a facet (a selector ending in _facet_) needs an intent: what the model should be")
         def record(root, cycle):
             cycle._slots["attempts"].append({"iteration": 1, "prompt": None, "answer": None, "generation_seconds": 0.0,
                                              "candidate": facet_source(brief["selector"], brief["intent"], brief["slots"].get("identity")),
                                              "verdict": None})
-            self._move(root, cycle, "VALIDATING")
-        self._change(cycle_id, record)
+            self.move(root, cycle, "VALIDATING")
+        self.change(cycle_id, record)
 
     def validate(self, cycle_id: str) -> None:
-        brief, candidates = self._change(cycle_id, lambda root, cycle: (
+        brief, candidates = self.change(cycle_id, lambda root, cycle: (
             to_plain(cycle._slots["brief"]),
             [cycle._slots["attempts"][-1]["candidate"], *cycle._slots["attempts"][-1].get("alternatives", ())]))
         started = time.perf_counter()
@@ -345,11 +345,11 @@ class CycleRunner:
                 return False
             cycle._slots["approved_source"] = source
             if self.policy.approval == "manual":
-                self._move(root, cycle, "AWAITING_APPROVAL")
+                self.move(root, cycle, "AWAITING_APPROVAL")
             else:
                 self._install(root, cycle)
             return True
-        if not self._change(cycle_id, record):
+        if not self.change(cycle_id, record):
             self._revise_or_fail(cycle_id)
 
     def _check(self, candidate: str, brief: dict) -> tuple[str, str | None]:
@@ -376,19 +376,19 @@ class CycleRunner:
         return candidate, None if result.ok else f"verification: {result.message}"
 
     def _revise_or_fail(self, cycle_id: str) -> None:
-        self._change(cycle_id, self._revise_or_fail_step)
+        self.change(cycle_id, self._revise_or_fail_step)
 
     def _revise_or_fail_step(self, root, cycle: UvmObject) -> None:
         attempts = cycle._slots["attempts"]
         if len(attempts) >= 3 and all(attempts[i].get("repeat") for i in (-1, -2)):
             # even sampling brings back what was rejected: the model is stuck
-            return self._move(root, cycle, "FAILED", f"the model repeated earlier candidates twice in a row; last verdict: {attempts[-1]['verdict']}")
+            return self.move(root, cycle, "FAILED", f"the model repeated earlier candidates twice in a row; last verdict: {attempts[-1]['verdict']}")
         if cycle._slots["iteration"] >= self.policy.max_iterations:
-            return self._move(root, cycle, "FAILED", f"no valid method after {self.policy.max_iterations} iterations; last verdict: {attempts[-1]['verdict']}")
+            return self.move(root, cycle, "FAILED", f"no valid method after {self.policy.max_iterations} iterations; last verdict: {attempts[-1]['verdict']}")
         cycle._slots["iteration"] += 1
-        self._move(root, cycle, "SYNTHESIZING")
+        self.move(root, cycle, "SYNTHESIZING")
 
-    def _generate_with_retries(self, messages: list[Message], options: dict[str, Any]) -> list[str]:
+    def generate_with_retries(self, messages: list[Message], options: dict[str, Any]) -> list[str]:
         answers = self.with_retries(lambda: self.generate(messages, **options))
         return answers if isinstance(answers, list) else [answers]
 
@@ -423,12 +423,15 @@ class CycleRunner:
             method.facet_intent = s["intent"]
         target._slots[selector] = method
         s["installed_version"] = method.version
-        self._move(root, cycle, "COMPLETE")
+        self.move(root, cycle, "COMPLETE")
 
-    def _fail(self, cycle_id: str, reason: str) -> None:
-        self._change(cycle_id, lambda root, cycle: self._move(root, cycle, "FAILED", reason))
+    def fail(self, cycle_id: str, reason: str) -> None:
+        """Move the cycle to FAILED with ``reason``, in a transaction of its own."""
+        self.change(cycle_id, lambda root, cycle: self.move(root, cycle, "FAILED", reason))
 
-    def _move(self, root, cycle: UvmObject, state: str, reason: str | None = None) -> None:
+    def move(self, root, cycle: UvmObject, state: str, reason: str | None = None) -> None:
+        """Enter ``state`` (recorded in ``transitions``) within the caller's transaction; listeners
+        hear of it once that transaction commits."""
         s = cycle._slots
         s[STATE_SLOT] = root["psm_prototypes_obj"]._slots[state]
         s["updated"] = time.time()
@@ -471,7 +474,7 @@ class CycleRunner:
             )
             mark_kernel(root["active_cycles"][cycle_id])
             return cycle_id
-        return self._transact(start)
+        return self.transact(start)
 
     def unfinished(self) -> list[str]:
         """Cycles to resume after a restart (not finished, not waiting for approval)."""
@@ -493,17 +496,17 @@ class CycleRunner:
             if approve:
                 self._install(root, cycle)
             else:
-                self._move(root, cycle, "FAILED", "rejected by the architect")
+                self.move(root, cycle, "FAILED", "rejected by the architect")
         with self._running:
-            self._change(cycle_id, step)
-            state = self._read(cycle_id, state_of)
+            self.change(cycle_id, step)
+            state = self.read_cycle(cycle_id, state_of)
             self._finished(cycle_id, state)
             return state
 
     def abandon(self, cycle_id: str, reason: str) -> None:
         """End a cycle that failed in an unforeseen way: FAILED, and its waiters told."""
         try:
-            self._fail(cycle_id, reason)
+            self.fail(cycle_id, reason)
         finally:
             self._finished(cycle_id, "FAILED")
 
@@ -520,7 +523,7 @@ class CycleRunner:
             for cycle_id in doomed:
                 del cycles[cycle_id]
             return doomed
-        return self._transact(prune)
+        return self.transact(prune)
 
     def _finished(self, cycle_id: str, state: str) -> None:
         self._tell(self._finish_listeners, cycle_id, state)
@@ -562,21 +565,22 @@ class CycleRunner:
         with contextlib.suppress(Exception):
             self._connection.close()
 
-    # --- transactions -------------------------------------------------------------------------------
+    # --- transactions (also what the steps of other kinds of cycle build on) --------------------------
 
-    def _transact(self, fn: Callable[[Any], Any]) -> Any:
+    def transact(self, fn: Callable[[Any], Any]) -> Any:
         """``fn(root)`` in one committed transaction of the runner's connection; conflicts retried."""
         with self._lock:
             return run_in_transaction(self._manager, lambda: fn(self._connection.root()))
 
-    def _change(self, cycle_id: str, fn: Callable[[Any, UvmObject], Any]) -> Any:
+    def change(self, cycle_id: str, fn: Callable[[Any, UvmObject], Any]) -> Any:
         """``fn(root, cycle)`` in one committed transaction; conflicts retried."""
         def in_cycle(root):
             cycle = root["active_cycles"].get(cycle_id)
             if cycle is None:
                 raise KeyError(f"no cycle {cycle_id}")
             return fn(root, cycle)
-        return self._transact(in_cycle)
+        return self.transact(in_cycle)
 
-    def _read(self, cycle_id: str, fn: Callable[[UvmObject], Any]) -> Any:
+    def read_cycle(self, cycle_id: str, fn: Callable[[UvmObject], Any]) -> Any:
+        """``fn(cycle)`` in a read-only transaction (see ``read``)."""
         return self.read(lambda root: fn(root["active_cycles"][cycle_id]))

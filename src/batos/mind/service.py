@@ -63,7 +63,7 @@ class MindService:
 
     def start(self) -> None:
         """Mark the exchanges a stopped UVM left open (their turns' cycles resume on their own)."""
-        count = self.runner._transact(conversations.interrupt_open_exchanges)
+        count = self.runner.transact(conversations.interrupt_open_exchanges)
         if count:
             log.info("%d exchange(s) were interrupted by the last stop", count)
 
@@ -83,7 +83,7 @@ class MindService:
         if depth != "auto":
             route["depth"] = depth
         await context.emit({"route": route})
-        conversation_id, exchange = await asyncio.to_thread(self.runner._transact, lambda root: self._open_exchange(
+        conversation_id, exchange = await asyncio.to_thread(self.runner.transact, lambda root: self._open_exchange(
             root, fields.get("conversation"), question, route))
         turns: list[dict[str, Any]] = []
         state = "answered"
@@ -102,7 +102,7 @@ class MindService:
         finally:
             if turns and turns[0]["state"] != "COMPLETE":
                 state = "failed"
-            await asyncio.to_thread(self.runner._transact, lambda root: conversations.end_exchange(
+            await asyncio.to_thread(self.runner.transact, lambda root: conversations.end_exchange(
                 conversations.find(root, conversation_id), exchange, state))
         if state == "failed":
             raise AskFailed(f"{turns[0]['persona']} could not answer (cycle {turns[0]['cycle']}): {turns[0]['reason']}")
@@ -129,7 +129,7 @@ class MindService:
                     prior: list[dict], emit: Emit) -> dict[str, Any]:
         """One persona's turn: its answer cycle, run and awaited, its text streamed as it comes."""
         earlier = [{"persona": t["persona"], "text": t["text"]} for t in prior if t["text"]]
-        cycle_id = await asyncio.to_thread(self.runner._transact, lambda root: self.synaptic.start(
+        cycle_id = await asyncio.to_thread(self.runner.transact, lambda root: self.synaptic.start(
             root, conversations.find(root, conversation_id), exchange, persona, role, depth, earlier))
         await emit({"turn": {"persona": persona, "role": role, "cycle": cycle_id}})
         loop = asyncio.get_running_loop()
@@ -171,7 +171,7 @@ class MindService:
                 raise TooLarge(f"the router already holds {MAX_EXEMPLARS} exemplars")
             orchestrator._slots[EXEMPLAR_SLOT] = [*known, {"text": exemplar.text, "archetype": exemplar.archetype}]
             return len(known) + 1
-        return {"exemplars": await asyncio.to_thread(self.runner._transact, teach), "archetype": exemplar.archetype}
+        return {"exemplars": await asyncio.to_thread(self.runner.transact, teach), "archetype": exemplar.archetype}
 
     # --- personas and conversations ---------------------------------------------------------------
 
@@ -204,7 +204,7 @@ class MindService:
         days = fields.get("days", 0)
         if days < 0:
             raise BadRequest("days must not be negative")
-        return {"pruned": await asyncio.to_thread(self.runner._transact,
+        return {"pruned": await asyncio.to_thread(self.runner.transact,
                                                   lambda root: conversations.prune(root, days * 86400))}
 
 

@@ -118,10 +118,10 @@ class SynapticCycle:
     # --- the steps ------------------------------------------------------------------------------
 
     def begin(self, cycle_id: str) -> None:
-        self.runner._change(cycle_id, lambda root, cycle: self.runner._move(root, cycle, "DECOMPOSING"))
+        self.runner.change(cycle_id, lambda root, cycle: self.runner.move(root, cycle, "DECOMPOSING"))
 
     def plan(self, cycle_id: str) -> None:
-        job = self.runner._read(cycle_id, self._job)
+        job = self.runner.read_cycle(cycle_id, self._job)
         facets = list(job["persona"]["facets"])
         if job["depth"] == "direct" or job["role"] != "lead" or not facets:
             why = "no facets" if not facets else f"{job['role']} turn" if job["role"] != "lead" else "direct depth"
@@ -133,7 +133,7 @@ class SynapticCycle:
         try:
             answer = self._generate(messages, job, self.policy.plan_tokens, retry=job["plan_attempts"])
         except BackendError as exc:
-            return self.runner._fail(cycle_id, f"the language model failed while planning: {exc}")
+            return self.runner.fail(cycle_id, f"the language model failed while planning: {exc}")
         try:
             steps, verdict = parse_plan(answer, facets), None
         except BadPlan as exc:
@@ -147,14 +147,14 @@ class SynapticCycle:
                                   "verdict": verdict or "passed", "generation_seconds": round(time.perf_counter() - started, 3)})
             if steps is not None:
                 s["plan"] = {"steps": steps}
-                self.runner._move(root, cycle, "DELEGATING")
+                self.runner.move(root, cycle, "DELEGATING")
             elif not attempts_left:  # the persona answers without facets rather than not at all
                 s["plan"] = {"direct": True, "why": f"no valid plan after {s['plan_attempts']} attempts: {verdict}"}
-                self.runner._move(root, cycle, "SYNTHESIZING")
-        self.runner._change(cycle_id, record)
+                self.runner.move(root, cycle, "SYNTHESIZING")
+        self.runner.change(cycle_id, record)
 
     def delegate(self, cycle_id: str) -> None:
-        job = self.runner._read(cycle_id, self._job)
+        job = self.runner.read_cycle(cycle_id, self._job)
         steps = job["plan"]["steps"]
         systems = {step["facet"]: self._compiled_facet(job, step["facet"]) for step in steps}
         ready = [step for step in steps if isinstance(systems[step["facet"]], str)]
@@ -178,25 +178,25 @@ class SynapticCycle:
             cycle._slots["facet_answers"] = answers
             cycle._slots["attempts"].append({"stage": "facets", "iteration": 1, "generation_seconds": seconds,
                                              "verdict": f"{sum(1 for a in answers if a['text'])} of {len(answers)} answered"})
-            self.runner._move(root, cycle, "SYNTHESIZING")
-        self.runner._change(cycle_id, record)
+            self.runner.move(root, cycle, "SYNTHESIZING")
+        self.runner.change(cycle_id, record)
 
     def weave(self, cycle_id: str) -> None:
         def enter(root, cycle):
             if state_of(cycle) != "SYNTHESIZING":
-                self.runner._move(root, cycle, "SYNTHESIZING")
+                self.runner.move(root, cycle, "SYNTHESIZING")
             return self._job(cycle)
-        job = self.runner._change(cycle_id, enter)
+        job = self.runner.change(cycle_id, enter)
         notes = [a for a in job["facet_answers"] if a["text"]]
         task = {"lead": None, "partner": PARTNER_TASKS.get(job["persona"]["name"]), "closer": CLOSING_TASK}[job["role"]]
         messages = reply_messages(job["persona"], job["question"], job["context"], job["prior"], notes, task,
                                   revision=job["iteration"] > 1)
         started = time.perf_counter()
-        text = ReplyText(job["persona"]["name"], self.runner.streams.get(cycle_id))
+        text = ReplyText(job["persona"]["name"], self.runner.streams.get(cycle_id), self.policy.reply_tokens)
         try:
             answer = self._generate(messages, job, self.policy.reply_tokens, retry=job["iteration"] - 1, stream=text.feed)
         except BackendError as exc:
-            return self.runner._fail(cycle_id, f"the language model failed while answering: {exc}")
+            return self.runner.fail(cycle_id, f"the language model failed while answering: {exc}")
         reply = text.finish(answer)
 
         def record(root, cycle):
@@ -205,11 +205,11 @@ class SynapticCycle:
             s["attempts"].append({"stage": "reply", "iteration": s["iteration"], "prompt": bounded(messages[-1]["content"]),
                                   "answer": bounded(answer), "verdict": None,
                                   "generation_seconds": round(time.perf_counter() - started, 3)})
-            self.runner._move(root, cycle, "VALIDATING")
-        self.runner._change(cycle_id, record)
+            self.runner.move(root, cycle, "VALIDATING")
+        self.runner.change(cycle_id, record)
 
     def gate(self, cycle_id: str) -> None:
-        job = self.runner._read(cycle_id, self._job)
+        job = self.runner.read_cycle(cycle_id, self._job)
         example = job["persona"].get("example") or {}
         instructions = [persona_system(job["persona"]), str(example.get("answer", "")), *PARTNER_TASKS.values(), CLOSING_TASK,
                         *(v["intent"] for v in job["persona"]["facets"].values())]
@@ -222,13 +222,13 @@ class SynapticCycle:
             if verdict is None:
                 conversations.complete_turn(s["conversation"], s["turn"], s["reply"],
                                             [a["facet"] for a in s["facet_answers"] if a["text"]])
-                return self.runner._move(root, cycle, "COMPLETE")
+                return self.runner.move(root, cycle, "COMPLETE")
             if s["iteration"] > self.policy.max_revisions:
-                return self.runner._move(root, cycle, "FAILED",
+                return self.runner.move(root, cycle, "FAILED",
                                          f"the reply failed the quality gate after {s['iteration']} attempts: {verdict}")
             s["iteration"] += 1
-            self.runner._move(root, cycle, "SYNTHESIZING")
-        self.runner._change(cycle_id, record)
+            self.runner.move(root, cycle, "SYNTHESIZING")
+        self.runner.change(cycle_id, record)
 
     # --- the quality gate -----------------------------------------------------------------------
 
@@ -286,7 +286,7 @@ class SynapticCycle:
         options = self._options(job, max_new_tokens, retry)
         if stream is not None:
             options["stream"] = stream
-        return self.runner._generate_with_retries(messages, options)[0]
+        return self.runner.generate_with_retries(messages, options)[0]
 
     def _compiled_facet(self, job: dict, selector: str) -> "str | FacetUnavailable":
         """The facet's system prompt, compiling it first (a method cycle) if its slot holds an intent."""
@@ -296,7 +296,7 @@ class SynapticCycle:
         facet_cycle = self.runner.start_or_join(job["persona_oid"], selector, [], {}, intent=facet["intent"])
         state = self.runner.run(facet_cycle)
         if state != "COMPLETE":
-            reason = self.runner._read(facet_cycle, lambda c: c._slots.get("reason"))
+            reason = self.runner.read_cycle(facet_cycle, lambda c: c._slots.get("reason"))
             return FacetUnavailable(f"compiling {selector} ended {state}: {reason}")
         system = self.runner.read(lambda root: persona_codex(root[persona_root_name(job["persona"]["name"])])
                                   ["facets"].get(selector, {}).get("system"))
@@ -305,34 +305,44 @@ class SynapticCycle:
     def _set_plan(self, cycle_id: str, plan: dict, state: str) -> None:
         def record(root, cycle):
             cycle._slots["plan"] = plan
-            self.runner._move(root, cycle, state)
-        self.runner._change(cycle_id, record)
+            self.runner.move(root, cycle, state)
+        self.runner.change(cycle_id, record)
 
 
 class ReplyText:
     """A reply cleaned while it streams: a leading ``NAME:`` is dropped, and a last sentence the
-    token limit cut off is left out. What ``forward`` got, joined, is exactly ``finish``'s text."""
+    token limit cut off is left out. Text is passed on as it comes, except near the limit, where it
+    waits for the end of each sentence. What ``forward`` got, joined, is exactly ``finish``'s text."""
 
     BOUNDARY = re.compile(r"(?<!\d)[.!?)\]`*\"'](?=\s)|(?=\n)")
     ENDS_WELL = re.compile(r"[.!?)\]`*\"']\s*$")
+    CAREFUL_PIECES = 24  # this close to the token limit, a sentence may be cut off
 
-    def __init__(self, name: str, forward: Callable[[str], None] | None):
+    def __init__(self, name: str, forward: Callable[[str], None] | None, limit: int):
         self.prefix = re.compile(rf"^\s*\**{re.escape(name)}\**\s*:\s*", re.IGNORECASE)
+        self.known_after = len(name) + 6  # characters enough to tell whether the prefix is there
         self.forward = forward
+        self.careful_from = max(0, limit - self.CAREFUL_PIECES)
+        self.pieces = 0
         self.raw = ""
         self.sent = 0
 
     def feed(self, piece: str) -> None:
         self.raw += piece
-        if len(self.raw) > len(self.prefix.pattern):  # long enough to know whether the prefix is there
-            text = self._without_prefix(self.raw)
-            ends = [m.end() for m in self.BOUNDARY.finditer(text)]
-            self._send(text[:ends[-1]] if ends else "")
+        self.pieces += 1
+        if len(self.raw.lstrip()) < self.known_after:
+            return
+        text = self._without_prefix(self.raw)
+        if self.pieces < self.careful_from:
+            cut = len(text) - len(text.split()[-1]) if text.split() else 0  # the last word may go on
+            return self._send(text[:cut].rstrip(" ") if cut else "")
+        ends = [m.end() for m in self.BOUNDARY.finditer(text)]
+        self._send(text[:max(ends[-1] if ends else 0, self.sent)])
 
     def finish(self, answer: str) -> str:
         text = self._without_prefix(answer).rstrip()
-        if not self.ENDS_WELL.search(text):
-            ends = [m.end() for m in self.BOUNDARY.finditer(text)]
+        if self.pieces >= self.careful_from and not self.ENDS_WELL.search(text):
+            ends = [m.end() for m in self.BOUNDARY.finditer(text) if m.end() >= self.sent]
             if ends:
                 text = text[:ends[-1]].rstrip()
         if not text.startswith(self._sent_text()):  # never happens for a backend that streams what it returns
