@@ -69,31 +69,46 @@ def router_figures() -> dict:
             "p50_ms": round(percentile(latencies, 0.5), 2), "p99_ms": round(percentile(latencies, 0.99), 2)}
 
 
+def facet_conversations(question: str) -> list:
+    brick = CODICES[0]
+    return [facet_messages(facet_system(intent, brick.identity), f"Your view, as {selector}?", question)
+            for selector, intent in brick.facets.items()]
+
+
 def facet_figures(repeats: int) -> dict:
+    """Cold: every prompt decoded from scratch. Warm: as in a running UVM, each sequence still
+    holds the facet prompt it answered last (a new question each time); one after another, the
+    three share one sequence."""
     from engines import make_backend
 
     backend = make_backend("llama.cpp")
-    brick = CODICES[0]
-    conversations = [facet_messages(facet_system(intent, brick.identity), f"Your view, as {selector}?", QUESTION)
-                     for selector, intent in brick.facets.items()]
-    batched, alone, tokens = [], [], 0
+    figures = {}
     try:
-        for _ in range(repeats):
-            backend.forget_prompts()
-            started = time.perf_counter()
-            together = backend.generate_many(conversations, max_new_tokens=96)
-            batched.append(time.perf_counter() - started)
-            backend.forget_prompts()
-            started = time.perf_counter()
-            one_by_one = [backend.generate(c, max_new_tokens=96) for c in conversations]
-            alone.append(time.perf_counter() - started)
-            tokens = sum(g.completion_tokens for g in together)
-            assert [g.text for g in together] == [g.text for g in one_by_one]
+        for mode in ("cold", "warm"):
+            batched, alone, tokens, same = [], [], 0, 0
+            for repeat in range(repeats):
+                conversations = facet_conversations(TRANSCRIPTS[repeat % len(TRANSCRIPTS)] if mode == "warm" else QUESTION)
+                if mode == "cold":
+                    backend.forget_prompts()
+                started = time.perf_counter()
+                together = backend.generate_many(conversations, max_new_tokens=96)
+                batched.append(time.perf_counter() - started)
+                if mode == "cold":
+                    backend.forget_prompts()
+                started = time.perf_counter()
+                one_by_one = [backend.generate(c, max_new_tokens=96) for c in conversations]
+                alone.append(time.perf_counter() - started)
+                tokens += sum(g.completion_tokens for g in together)
+                same += sum(a.text == b.text for a, b in zip(together, one_by_one))
+                if mode == "cold":  # prompts decoded whole: the same text batched or alone
+                    assert [g.text for g in together] == [g.text for g in one_by_one]
+            figures[mode] = {"tokens_per_run": tokens // repeats, "batched_s": round(statistics.median(batched), 2),
+                             "one_after_another_s": round(statistics.median(alone), 2),
+                             "speedup": round(statistics.median(alone) / statistics.median(batched), 2),
+                             "same_text": f"{same}/{3 * repeats}"}
     finally:
         backend.close()
-    return {"facets": len(conversations), "tokens": tokens, "batched_s": round(statistics.median(batched), 2),
-            "one_after_another_s": round(statistics.median(alone), 2),
-            "speedup": round(statistics.median(alone) / statistics.median(batched), 2)}
+    return {"facets": 3, **figures}
 
 
 def uvm_figures(repeats: int) -> tuple[dict, list[dict]]:
@@ -113,10 +128,9 @@ def uvm_figures(repeats: int) -> tuple[dict, list[dict]]:
                 asked: list[dict] = []
                 ttft_ask.append(first_piece(lambda on: asked.append(
                     c.ask(QUESTION, persona="BRICK", depth="direct", on_event=on))))
-                prompt_words = " ".join(["word"] * prompt_length(c, asked[0]["turns"][0]["cycle"]))
                 ttft_infer.append(first_piece(lambda on: c.call("send", target="pLLM_obj", selector="infer_",
-                                                                args=[prompt_words], kwargs={"max_new_tokens": 160},
-                                                                on_event=on)))
+                                                                args=[same_length_prompt()], on_event=on,
+                                                                kwargs={"max_new_tokens": 160, "system": brick_system()})))
             whole = []
             for _ in range(repeats):
                 started = time.perf_counter()
@@ -151,10 +165,22 @@ def ask_or_reason(c, question: str) -> dict:
         return {"route": route, "turns": [{"persona": route["lead"], "facets": [], "text": None, "reason": exc.message}]}
 
 
-def prompt_length(c, cycle_id: str) -> int:
-    """About as many words as the lead's whole prompt (system, example, question)."""
-    shown = c.call("cycle_show", cycle=cycle_id)
-    return len(shown["attempts"][-1]["prompt"].split()) + 75
+def brick_system() -> str:
+    from batos.mind.answer_prompts import persona_system
+
+    return persona_system({**persona_codex_of_brick(), "name": "BRICK"})
+
+
+def persona_codex_of_brick() -> dict:
+    brick = CODICES[0]
+    return {"identity": brick.identity, "mandate": brick.mandate, "voice": brick.voice}
+
+
+def same_length_prompt() -> str:
+    """The lead's prompt as one user message: the codex's example exchange, then the question (the
+    ask's prompt has these as three chat turns: a few template tokens more)."""
+    example = CODICES[0].example
+    return f"{example['question']}\n{example['answer']}\n{QUESTION}"
 
 
 def first_piece(call) -> float:
@@ -171,9 +197,15 @@ def first_piece(call) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--parts", default="router,facets,ask", help="which parts to run (default: all)")
     args = parser.parse_args()
-    print("router:", json.dumps(router_figures()), flush=True)
-    print("facets:", json.dumps(facet_figures(args.repeats)), flush=True)
+    parts = args.parts.split(",")
+    if "router" in parts:
+        print("router:", json.dumps(router_figures()), flush=True)
+    if "facets" in parts:
+        print("facets:", json.dumps(facet_figures(args.repeats)), flush=True)
+    if "ask" not in parts:
+        return
     figures, transcripts = uvm_figures(args.repeats)
     print("ask:", json.dumps(figures), flush=True)
     for result in transcripts:

@@ -6,9 +6,11 @@ so the quantized weights are neither copied nor dequantized. One context serves 
 one token per sequence per step; each sequence's cache keeps the tokens it last held, so a prompt that starts like the one
 before it (the covenant prompt, a persona's system prompt) only decodes what is new. Experts are
 GGUF LoRA adapters, applied to the context for the requests that name them. One call runs at a time.
-Prompts are decoded one sequence at a time, each in its own sequence, and answers together: a
-batched greedy answer is the same text as the prompt's answer alone. (A beginning several prompts
-share is not decoded once and copied to the others: the copy changed the answers.)
+Prompts are decoded one sequence at a time, each in its own sequence, and answers together: a prompt
+decoded whole gives the same greedy text batched as alone. A prompt that reuses the beginning its
+sequence held is decoded in two parts, and its greedy text can differ from a fresh decode's where
+two tokens are nearly tied (rounding; seen on persona prompts in issue 10). A beginning several
+prompts share is not decoded once and copied to the others: the copy changed answers too.
 """
 
 from __future__ import annotations

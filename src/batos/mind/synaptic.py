@@ -320,7 +320,7 @@ class ReplyText:
 
     def __init__(self, name: str, forward: Callable[[str], None] | None, limit: int):
         self.prefix = re.compile(rf"^\s*\**{re.escape(name)}\**\s*:\s*", re.IGNORECASE)
-        self.known_after = len(name) + 6  # characters enough to tell whether the prefix is there
+        self.name_length = len(name)
         self.forward = forward
         self.careful_from = max(0, limit - self.CAREFUL_PIECES)
         self.pieces = 0
@@ -330,7 +330,8 @@ class ReplyText:
     def feed(self, piece: str) -> None:
         self.raw += piece
         self.pieces += 1
-        if len(self.raw.lstrip()) < self.known_after:
+        start = self.raw.lstrip()
+        if len(start) < self.name_length + (6 if start.startswith("*") else 2):  # is "NAME:" coming?
             return
         text = self._without_prefix(self.raw)
         if self.pieces < self.careful_from:
@@ -345,8 +346,9 @@ class ReplyText:
             ends = [m.end() for m in self.BOUNDARY.finditer(text) if m.end() >= self.sent]
             if ends:
                 text = text[:ends[-1]].rstrip()
-        if not text.startswith(self._sent_text()):  # never happens for a backend that streams what it returns
-            return self._sent_text()
+        sent = self._sent_text()
+        if not text.startswith(sent):  # a piece was passed on before the prefix could be seen: keep it
+            text = answer.strip() if answer.strip().startswith(sent) else sent
         self._send(text)
         return text
 
