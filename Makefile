@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python bench/awaken.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/synthesis.py
+	$(BIN)/python bench/mind.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

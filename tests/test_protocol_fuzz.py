@@ -55,6 +55,7 @@ CODES_WITHOUT_A_MODEL = {
               "too_large", "timeout"},
     "cycles": {"not_found"},
     "models": {"not_found", "model_unavailable", "import_failed"},
+    "mind": {"not_found", "model_unavailable", "too_large"},
 }
 
 

@@ -54,11 +54,17 @@ class ModelService:
         """The model's answer; its text also reaches the client piece by piece as ``{"text"}`` events.
         ``bound_expert`` applies when the call names no expert and the model has one of that name."""
         check_infer_arguments(args, kwargs)
-        if bound_expert and "expert" not in kwargs and bound_expert in self.core.expert_names():
-            kwargs = {**kwargs, "expert": bound_expert}
+
+        def generate(forward: Callable[[dict], None]):
+            options = kwargs
+            if bound_expert and "expert" not in kwargs:
+                self.core.wait_ready(MODEL_WAIT_SECONDS)  # the experts are known once the model is loaded
+                if bound_expert in self.core.expert_names():
+                    options = {**kwargs, "expert": bound_expert}
+            return self.core.generate(*args, timeout=MODEL_WAIT_SECONDS, stream=lambda piece: forward({"text": piece}),
+                                      **options)
         with self._forwarding(context.emit) as forward:
-            generation = await asyncio.to_thread(self.core.generate, *args, timeout=MODEL_WAIT_SECONDS,
-                                                 stream=lambda piece: forward({"text": piece}), **kwargs)
+            generation = await asyncio.to_thread(generate, forward)
         return generation.text
 
     async def op_upload(self, fields: dict, context: Context) -> dict:

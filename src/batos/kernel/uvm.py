@@ -147,14 +147,14 @@ class UVM:
                 max_iterations=self.settings.max_iterations, approval=self.settings.approval,
                 max_source_bytes=self.settings.max_source_bytes, verify_seconds=self.settings.method_budget),
                 model_name=lambda: self.core.stats().get("model", self.settings.llm), sandbox=self.sandbox,
-                generate_many=self._generate_many_for_cycle, experts=self.core.expert_names,
+                generate_many=self._generate_many_for_cycle, experts=self._experts_when_ready,
                 choose_persona=lambda brief: writer_for(brief, self.router))
             self.cycles = CycleService(runner, wait_seconds=self.settings.cycle_wait_seconds)
             self.router = Router(self.embedder, lambda: runner.read(exemplars_of), self._break_route_tie)
             self.mind = MindService(self.cycles, SynapticCycle(runner, self.embedder), self.router, self.embedder,
                                     MindPolicy(max_turns=self.settings.max_turns,
                                                max_question_chars=self.settings.max_question_chars),
-                                    check_model=self.core.check_available)
+                                    check_model=self.core.check_available, known_experts=self.core.expert_names)
             self.mind.start()
             self.dispatcher.synthesize_missing = self.settings.llm != "none"
             self.pool = WorkerPool(self.image.db, self.settings.workers)
@@ -358,6 +358,14 @@ class UVM:
         return [g.text for g in self.core.backend.generate_many(
             conversations, expert=expert, temperature=temperature, seed=seed,
             max_new_tokens=max_new_tokens or self.core.settings.max_new_tokens)]
+
+    def _experts_when_ready(self) -> set[str]:
+        """The experts the model can apply, once it is loaded (none if it never will be)."""
+        try:
+            self.core.wait_ready(MODEL_WAIT_SECONDS)
+        except ModelUnavailable:
+            return set()
+        return self.core.expert_names()
 
     def _wait_for_model(self) -> None:
         try:

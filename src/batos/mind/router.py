@@ -80,13 +80,15 @@ class Router:
             raise BadRequest("the router has no exemplars; add some with `batos route --teach`")
         return scores
 
-    def route(self, question: str, lead: str | None = None) -> dict:
+    def route(self, question: str, lead: str | None = None, tie_break: bool = True) -> dict:
         """``{"archetype", "lead", "partners", "scores", "decided_by", "depth"}``; ``lead`` forces
-        the lead persona (the partners still follow the archetype)."""
+        the lead persona (the partners still follow the archetype); without ``tie_break`` the
+        model is never asked."""
         scores = self.scores(question)
         ranked = sorted(scores, key=scores.get, reverse=True)
         archetype, decided_by = ranked[0], "embeddings"
-        if len(ranked) > 1 and scores[ranked[0]] - scores[ranked[1]] < AMBIGUOUS_MARGIN and self.tie_breaker:
+        tied = len(ranked) > 1 and scores[ranked[0]] - scores[ranked[1]] < AMBIGUOUS_MARGIN
+        if tied and tie_break and self.tie_breaker:
             self.model_calls += 1
             choice = self.tie_breaker(question)
             if choice in ARCHETYPES:

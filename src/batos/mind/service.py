@@ -23,7 +23,7 @@ from batos.mind.codex import PERSONA_NAMES, persona_root_name
 from batos.mind.cycle_service import CycleService
 from batos.mind.exemplars import EXEMPLAR_SLOT
 from batos.mind.interfaces import IMindService
-from batos.mind.router import ARCHETYPES, Router, check_exemplar
+from batos.mind.router import Router, check_exemplar
 from batos.mind.synaptic import SynapticCycle, persona_codex
 from batos.tasks import spawn
 
@@ -51,8 +51,10 @@ class MindService:
     """See the module docstring and IMindService."""
 
     def __init__(self, cycles: CycleService, synaptic: SynapticCycle, router: Router, embedder: Embedder,
-                 policy: MindPolicy | None = None, check_model: Callable[[], None] = lambda: None):
+                 policy: MindPolicy | None = None, check_model: Callable[[], None] = lambda: None,
+                 known_experts: Callable[[], set[str]] = set):
         self.check_model = check_model  # raises when no model will ever answer (e.g. BATOS_LLM=none)
+        self.known_experts = known_experts  # the experts the model can apply now (never waits)
         self.cycles = cycles
         self.runner = cycles.runner
         self.synaptic = synaptic
@@ -176,7 +178,7 @@ class MindService:
     # --- personas and conversations ---------------------------------------------------------------
 
     async def op_personas(self, fields: dict, context: Any) -> list[dict[str, Any]]:
-        experts = await asyncio.to_thread(self.runner.experts)
+        experts = self.known_experts()
 
         def listing(root) -> list[dict[str, Any]]:
             found = []
@@ -215,5 +217,3 @@ def check_persona(name: str | None) -> str | None:
         raise BadRequest(f"unknown persona {name!r}; the personas are {', '.join(PERSONA_NAMES)}")
     return name.upper()
 
-
-__all__ = ["ARCHETYPES", "MindPolicy", "MindService", "check_persona"]

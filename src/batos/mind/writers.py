@@ -23,16 +23,16 @@ def mission_text(brief: dict[str, Any]) -> str:
 
 
 def writer_for(brief: dict[str, Any], router: Router | None) -> tuple[str, dict | None]:
-    """The persona who writes the method, and the route that chose it: a persona's own facet is
-    its own; any other mission goes where the router sends it (code missions: BRICK). Without
-    embeddings, BRICK."""
-    owner = brief["slots"].get("name")
-    if is_facet(brief["selector"]) and owner in PERSONA_NAMES:
-        return owner, None
+    """The persona who writes the method, and the route that chose it: a facet belongs to its
+    persona (BatOS writes it from its intent); any other mission goes where the router sends it
+    (code missions: BRICK), from embeddings alone. Without embeddings, BRICK."""
+    if is_facet(brief["selector"]):
+        owner = brief["slots"].get("name")
+        return (owner if owner in PERSONA_NAMES else DEFAULT_WRITER), None
     if router is None:
         return DEFAULT_WRITER, None
     try:
-        route = router.route(mission_text(brief))
+        route = router.route(mission_text(brief), tie_break=False)  # who writes is not worth a model call
     except (EmbeddingsUnavailable, BatosError) as exc:
         log.warning("the method cycle could not route its mission (%s); %s writes it", exc, DEFAULT_WRITER)
         return DEFAULT_WRITER, None
