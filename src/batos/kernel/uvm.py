@@ -155,7 +155,6 @@ class UVM:
                                     MindPolicy(max_turns=self.settings.max_turns,
                                                max_question_chars=self.settings.max_question_chars),
                                     check_model=self.core.check_available, known_experts=self.core.expert_names)
-            self.mind.start()
             self.dispatcher.synthesize_missing = self.settings.llm != "none"
             self.pool = WorkerPool(self.image.db, self.settings.workers)
             self.pool.start()

@@ -6,8 +6,9 @@ it) with these slots:
     conversation_id   12 hex digits
     title             the first question, cut short
     created, updated  seconds since the epoch
-    exchanges         [{"question", "route", "at", "state"}]; state is open, answered, failed or
-                      interrupted (its UVM stopped before the dialogue ended)
+    exchanges         [{"question", "route", "at", "state"}]; state is open, answered or failed;
+                      an open exchange no dialogue is serving any more (its UVM stopped) is shown
+                      as interrupted
     turns             [{"exchange", "persona", "role", "cycle", "text", "facets"}]; ``text`` is set
                       in the transaction that completes the turn's cycle
 
@@ -102,17 +103,6 @@ def context_for(conversation: UvmObject, before_exchange: int) -> list[dict[str,
     return messages
 
 
-def interrupt_open_exchanges(root) -> int:
-    """Mark exchanges left open by a UVM that stopped mid-dialogue; how many."""
-    count = 0
-    for conversation in root[ROOT_KEY].values():
-        for index, exchange in enumerate(conversation._slots["exchanges"]):
-            if exchange["state"] == "open":
-                end_exchange(conversation, index, "interrupted")
-                count += 1
-    return count
-
-
 def turn_view(turn: dict, cycles) -> dict[str, Any]:
     """A turn as plain data, its state read from its cycle while it has no text."""
     view = dict(turn)
@@ -130,14 +120,21 @@ def turn_view(turn: dict, cycles) -> dict[str, Any]:
     return view
 
 
-def summary(conversation: UvmObject, cycles, detail: bool = False) -> dict[str, Any]:
+def summary(conversation: UvmObject, cycles, live: set[tuple[str, int]], detail: bool = False) -> dict[str, Any]:
+    """A conversation as plain data; ``live`` holds the (conversation, exchange) pairs whose
+    dialogue is running now."""
     s = conversation._slots
     data = {"id": s["conversation_id"], "title": s["title"], "created": s["created"], "updated": s["updated"],
             "exchanges": len(s["exchanges"]), "turns": len(s["turns"])}
     if detail:
-        data["exchanges"] = [dict(e, turns=[turn_view(t, cycles) for t in s["turns"] if t["exchange"] == i])
+        data["exchanges"] = [dict(e, state=exchange_state(e, (s["conversation_id"], i), live),
+                                  turns=[turn_view(t, cycles) for t in s["turns"] if t["exchange"] == i])
                              for i, e in enumerate(s["exchanges"])]
     return data
+
+
+def exchange_state(exchange: dict, key: tuple[str, int], live: set[tuple[str, int]]) -> str:
+    return "interrupted" if exchange["state"] == "open" and key not in live else exchange["state"]
 
 
 def prune(root, older_than_seconds: float) -> list[str]:

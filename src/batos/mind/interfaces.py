@@ -49,9 +49,6 @@ class IMindService(Interface):
     question, an unknown persona or conversation) is refused before anything is written.
     """
 
-    def start():
-        """Mark exchanges a stopped UVM left open as interrupted (their cycles resume on their own)."""
-
     def op_ask(fields, context):
         """Coroutine: route ``question``, then the lead's turn and its partner's (and ALFRED's when
         they repeat or drift), each a Synaptic Cycle, streamed to ``context.emit`` as ``{"text",

@@ -9,7 +9,6 @@ lead; ALFRED closes when the turns repeat each other or drift from the question.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -26,8 +25,6 @@ from batos.mind.interfaces import IMindService
 from batos.mind.router import Router, check_exemplar
 from batos.mind.synaptic import SynapticCycle, persona_codex
 from batos.tasks import spawn
-
-log = logging.getLogger(__name__)
 
 Emit = Callable[[dict], Awaitable[None]]
 DEPTHS = ("auto", "direct", "facets")
@@ -62,12 +59,7 @@ class MindService:
         self.embedder = embedder
         self.policy = policy or MindPolicy()
         self._tasks: set[asyncio.Task] = set()
-
-    def start(self) -> None:
-        """Mark the exchanges a stopped UVM left open (their turns' cycles resume on their own)."""
-        count = self.runner.transact(conversations.interrupt_open_exchanges)
-        if count:
-            log.info("%d exchange(s) were interrupted by the last stop", count)
+        self._live: set[tuple[str, int]] = set()  # (conversation, exchange) of the dialogues running now
 
     # --- ask ------------------------------------------------------------------------------------
 
@@ -89,6 +81,7 @@ class MindService:
             root, fields.get("conversation"), question, route))
         turns: list[dict[str, Any]] = []
         state = "answered"
+        self._live.add((conversation_id, exchange))
         try:
             speakers = [(route["lead"], "lead", route["depth"]), *((p, "partner", "direct") for p in route["partners"])]
             for persona, role, turn_depth in speakers[:self.policy.max_turns]:
@@ -106,6 +99,7 @@ class MindService:
                 state = "failed"
             await asyncio.to_thread(self.runner.transact, lambda root: conversations.end_exchange(
                 conversations.find(root, conversation_id), exchange, state))
+            self._live.discard((conversation_id, exchange))
         if state == "failed":
             raise AskFailed(f"{turns[0]['persona']} could not answer (cycle {turns[0]['cycle']}): {turns[0]['reason']}")
         return {"conversation": conversation_id, "exchange": exchange,
@@ -194,13 +188,13 @@ class MindService:
     async def op_conversations_list(self, fields: dict, context: Any) -> list[dict[str, Any]]:
         def listing(root) -> list[dict[str, Any]]:
             cycles = root["active_cycles"]
-            found = [conversations.summary(c, cycles) for c in root[conversations.ROOT_KEY].values()]
+            found = [conversations.summary(c, cycles, self._live) for c in root[conversations.ROOT_KEY].values()]
             return sorted(found, key=lambda c: c["created"])
         return await asyncio.to_thread(self.runner.read, listing)
 
     async def op_conversation_show(self, fields: dict, context: Any) -> dict[str, Any]:
         return await asyncio.to_thread(self.runner.read, lambda root: conversations.summary(
-            conversations.find(root, fields["conversation"]), root["active_cycles"], detail=True))
+            conversations.find(root, fields["conversation"]), root["active_cycles"], self._live, detail=True))
 
     async def op_conversations_prune(self, fields: dict, context: Any) -> dict[str, Any]:
         days = fields.get("days", 0)
