@@ -24,6 +24,7 @@ from batos.image.values import ValueTooLarge, from_plain, to_plain
 from batos.kernel import services
 from batos.kernel.protocol import Code, ProtocolError
 from batos.mind import guardian
+from batos.mind.cycle import is_facet
 from batos.sandbox import SandboxPool, run_method
 from batos.sandbox.host import check_stored_value, method_digest
 from batos.sandbox.restricted import check_compiles
@@ -224,8 +225,8 @@ class Dispatcher:
 
 
 def is_facet_intent(selector: str, value: Any) -> bool:
-    """A facet not compiled yet: its slot (a selector ending in ``_facet_``) holds its intent."""
-    return selector.endswith("_facet_") and isinstance(value, str) and bool(value.strip())
+    """A facet not compiled yet: its slot holds its intent."""
+    return is_facet(selector) and isinstance(value, str) and bool(value.strip())
 
 
 def _guarded(check, *args: Any) -> None:
