@@ -227,6 +227,62 @@ def cmd_conversations(client: Client, args) -> Any:
     return "\n".join(lines)
 
 
+class Reported:
+    """A result to print whole (``--json`` prints it, not the last reply), failed or not."""
+
+    def __init__(self, value: Any, failed: bool = False):
+        self.value = value
+        self.failed = failed
+
+
+def cmd_memory(client: Client, args) -> Any:
+    if args.action == "ingest":
+        return _ingest(client, args)
+    if args.action == "search":
+        hits = client.memory_search(args.query, k=args.k, mode=args.mode, diverse=args.diverse)
+        if args.json:
+            return Reported([{key: hit[key] for key in ("source", "chunk", "score", "text")} for hit in hits])
+        return "\n\n".join(f"{n}. {hit['source']}  (chunk {hit['chunk']}, score {hit['score']:.4f})"
+                            f"{'  § ' + hit['section'] if hit['section'] else ''}\n   {_snippet(hit['text'])}"
+                            for n, hit in enumerate(hits, 1)) or "(nothing found)"
+    if args.action == "show":
+        found = client.call("memory_show", chunk=args.chunk)
+        if args.json:
+            return Reported(found)
+        document = found["document"]
+        links = "\n".join(f"    {link['source']} ({link['similarity']:.2f})" for link in document["links"]) or "    (none yet)"
+        return (f"chunk {found['chunk']} of {document['source']} ({found['position'] + 1} of {document['chunks']}, "
+                f"{found['kind']}){'  § ' + found['section'] if found['section'] else ''}\n\n{found['text']}\n\n"
+                f"previous: {found['previous']}  next: {found['next']}\n"
+                f"summary: {document['summary'] or '(not yet woven)'}\nlinks:\n{links}")
+    if args.action == "list":
+        documents = client.call("memory_list")
+        if args.json:
+            return Reported(documents)
+        return "\n".join(f"{d['chunks']:>6} chunks  {d['kind']:<8} {d['source']}" for d in documents) or "(memory is empty)"
+    if args.action == "stats":
+        return Reported(client.call("memory_stats"))
+    return Reported(client.call("memory_forget", source=os.path.abspath(args.source)))
+
+
+def _ingest(client: Client, args) -> Reported:
+    try:
+        results = client.memory_ingest(args.paths, on_progress=show_progress)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    failed = any(r["status"] == "refused" for r in results)
+    if args.json:
+        return Reported(results, failed)
+    lines = [f"{r['status']:<9} {r['source']}" + (f"  ({r['chunks']} chunks)" if "chunks" in r else "")
+             + (f"  [{r['code']}] {r['error']}" if r["status"] == "refused" else "") for r in results]
+    return Reported("\n".join(lines) or "(no files memory takes were found)", failed)
+
+
+def _snippet(text: str, limit: int = 240) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+
+
 CHAT_HELP = "/persona NAME (or /persona to let the router choose), /new (a new conversation), /quit"
 
 
@@ -540,6 +596,7 @@ CLIENT_COMMANDS: dict[str, tuple[Callable, str]] = {
     "chat": (cmd_chat, "a conversation: every line a question, history kept (/persona, /new, /quit)"),
     "personas": (cmd_personas, "each persona: identity, facets (compiled or not), expert"),
     "conversations": (cmd_conversations, "list, show and prune conversations"),
+    "memory": (cmd_memory, "ingest documents into the image and search them (ingest, search, show, list, stats, forget)"),
 }
 
 
@@ -569,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (handler, summary) in CLIENT_COMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=summary)
-        if name not in ("model", "expert", "cycles", "conversations"):  # those take the options after their action
+        if name not in ("model", "expert", "cycles", "conversations", "memory"):  # those take the options after their action
             _client_options(sub)
         sub.set_defaults(handler=handler)
         if name in ("describe", "get", "set", "define", "send", "methods"):
@@ -650,6 +707,23 @@ def build_parser() -> argparse.ArgumentParser:
             prune.add_argument("--older-than", type=float, default=0, metavar="DAYS",
                                help="only those unchanged for more than DAYS (default: all)")
             _client_options(prune)
+        if name == "memory":
+            actions = sub.add_subparsers(dest="action", metavar="ACTION", required=True)
+            ingest = actions.add_parser("ingest", help="send files (or folders of them) to memory: text, Markdown, HTML, PDF, source")
+            ingest.add_argument("paths", metavar="PATH", nargs="+")
+            search = actions.add_parser("search", help="the chunks that best answer a query, best first")
+            search.add_argument("query", metavar="QUERY")
+            search.add_argument("--k", type=int, default=5, help="how many hits (default 5, at most 100)")
+            search.add_argument("--mode", choices=["hybrid", "lexical", "vector"], default="hybrid",
+                                help="hybrid (default) fuses the BM25 and the embedding rankings")
+            search.add_argument("--diverse", action="store_true", help="drop near-duplicate hits (MMR)")
+            show_chunk = actions.add_parser("show", help="a chunk, its document, neighbours, summary and links")
+            show_chunk.add_argument("chunk", metavar="CHUNK_ID", type=int)
+            forget = actions.add_parser("forget", help="remove a document: its chunks, vectors and index entries")
+            forget.add_argument("source", metavar="SOURCE", help="the path it was ingested from")
+            for action in (ingest, search, show_chunk, actions.add_parser("list", help="every document in memory"),
+                           actions.add_parser("stats", help="documents, chunks, vectors, search method"), forget):
+                _client_options(action)
         if name == "pack":
             sub.add_argument("--days", type=float, default=0, help="keep history younger than this many days")
             sub.add_argument("--image", default=None, help="pack this image directly (no UVM may be serving it)")
@@ -691,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
             result = args.handler(client, args)
             if args.command in ("shell", "chat"):
                 return result
+            if isinstance(result, Reported):
+                print(json.dumps(result.value, ensure_ascii=False, indent=None) if args.json else show(result.value))
+                return EXIT_FAILURE if result.failed else EXIT_OK
             print(json.dumps(client.last_reply, ensure_ascii=False) if args.json else show(result))
             return EXIT_OK
     except (UsageError, ConfigurationError) as exc:

@@ -195,6 +195,28 @@ class Client(_Calls):
         """Who would answer ``question``: ``{"archetype", "lead", "partners", "scores", ...}``."""
         return self.call("route", question=question)
 
+    def memory_ingest(self, paths: list[str | os.PathLike],
+                      on_progress: EventCallback | None = None) -> list[dict]:
+        """Take files (or every accepted file under a folder) into memory, one document each.
+
+        Returns one ``{"source", "status", ...}`` per file, ``source`` its absolute path; status is
+        ``added``, ``replaced``, ``unchanged`` or ``refused`` (with ``code`` and ``error``). A path
+        that does not exist raises FileNotFoundError before anything is sent."""
+        results = []
+        for path in memory_files(paths):
+            try:
+                upload_id = self.upload(path)
+                results.append(self.call("memory_ingest", on_event=on_progress, timeout=max(self.timeout, 1800.0),
+                                          upload_id=upload_id, source=path))
+            except RemoteError as exc:
+                results.append({"source": path, "status": "refused", "code": exc.code, "error": exc.message})
+        return results
+
+    def memory_search(self, query: str, k: int = 5, mode: str = "hybrid", diverse: bool = False) -> list[dict]:
+        """Hits ``{"source", "chunk", "score", "text", "section"}``, best first; ``mode`` is
+        ``hybrid``, ``lexical`` or ``vector``; ``diverse`` drops near-duplicates (MMR)."""
+        return self.call("memory_search", query=query, k=k, mode=mode, diverse=diverse)
+
     def upload(self, path: str | os.PathLike, on_progress: Callable[[int, int], None] | None = None) -> str:
         """Stream a file to the server in chunks; return the upload id to name it by."""
         upload_id = uuid.uuid4().hex
@@ -221,6 +243,25 @@ class Client(_Calls):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def memory_files(paths: list[str | os.PathLike]) -> list[str]:
+    """Absolute paths of the files named, folders walked for the files memory takes (others in a
+    folder are skipped; a file named outright is always sent, and the server says if it refuses it)."""
+    from batos.memory.extract import kind_of
+
+    missing = [str(p) for p in paths if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+    found: list[str] = []
+    for path in map(os.path.abspath, paths):
+        if not os.path.isdir(path):
+            found.append(path)
+            continue
+        for folder, subfolders, files in os.walk(path):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            found.extend(os.path.join(folder, f) for f in sorted(files) if kind_of(f) and not f.startswith("."))
+    return found
 
 
 class AsyncClient(_Calls):

@@ -64,7 +64,7 @@ class Op:
     service: str
 
 
-SERVICES = ("kernel", "image", "cycles", "models", "mind")
+SERVICES = ("kernel", "image", "cycles", "models", "mind", "memory")
 
 
 # The one place an op is declared. A service has a coroutine ``op_<name>`` for each of its ops.
@@ -97,6 +97,12 @@ OPS: dict[str, Op] = {
     "conversations_list": Op({}, {}, False, "mind"),
     "conversation_show": Op({"conversation": (str,)}, {}, False, "mind"),
     "conversations_prune": Op({}, {"days": (int, float)}, True, "mind"),
+    "memory_ingest": Op({"upload_id": (str,), "source": (str,)}, {}, True, "memory"),
+    "memory_search": Op({"query": (str,)}, {"k": (int,), "mode": (str,), "diverse": (bool,)}, False, "memory"),
+    "memory_show": Op({"chunk": (int,)}, {}, False, "memory"),
+    "memory_list": Op({}, {}, False, "memory"),
+    "memory_stats": Op({}, {}, False, "memory"),
+    "memory_forget": Op({"source": (str,)}, {}, True, "memory"),
 }
 WRITING_OPS = frozenset(name for name, op in OPS.items() if op.writes)
 _NAME_FIELDS = ("target", "slot", "selector")

@@ -26,6 +26,8 @@ from batos.llm.core import CognitiveCore, ModelUnavailable
 from batos.llm.generation import BackendError, ConfigurationError
 from batos.llm.settings import LLMSettings
 from batos.llm.embeddings import Embedder, EmbeddingsUnavailable
+from batos.memory.catalog import KNOWLEDGE_CATALOG
+from batos.memory.service import MemoryPolicy, MemoryService
 from batos.mind.codex import CODEX
 from batos.mind.conversations import CONVERSATIONS
 from batos.mind.cycle import CyclePolicy, CycleRunner
@@ -73,6 +75,7 @@ class Settings:
     cycle_wait_seconds: float = 1800.0  # how long a client's send waits for the cycle it started
     max_turns: int = 3  # turns in one `ask` dialogue
     max_question_chars: int = 4000
+    memory_max_bytes: int = 20 * 1024**2  # a file memory takes
 
     # limits (see README, "Limits"); each answers with a clear code and writes nothing
     max_slot_bytes: int = 1024**2
@@ -113,6 +116,7 @@ class UVM:
         self.models: ModelService | None = None
         self.cycles: CycleService | None = None
         self.mind: MindService | None = None
+        self.memory: MemoryService | None = None
         self.router: Router | None = None
         self.embedder = Embedder()
         self._reader: tuple[transaction.TransactionManager, Any] | None = None
@@ -134,7 +138,7 @@ class UVM:
         CognitiveCore.check(self.settings.llm, llm_settings)  # a bad configuration touches nothing
         if self.settings.max_turns < 1 or self.settings.max_question_chars < 1:
             raise ConfigurationError("BATOS_MAX_TURNS and BATOS_MAX_QUESTION_CHARS must be at least 1")
-        self.image = open_image(self.settings.image, furnishings=(CODEX, EXEMPLARS, CONVERSATIONS))
+        self.image = open_image(self.settings.image, furnishings=(CODEX, EXEMPLARS, CONVERSATIONS, KNOWLEDGE_CATALOG))
         serve_task = None
         try:
             self.core = CognitiveCore(self.image.db, self.settings.llm, llm_settings,
@@ -142,6 +146,8 @@ class UVM:
             uploads = Uploads(self._side_folder("uploads"))
             uploads.clean_stale()
             self.models = ModelService(self.core, uploads)
+            self.memory = MemoryService(self.image.db, self.embedder, uploads,
+                                        MemoryPolicy(max_bytes=self.settings.memory_max_bytes))
             self.sandbox.start()
             runner = CycleRunner(self.image.db, self._generate_for_cycle, CyclePolicy(
                 max_iterations=self.settings.max_iterations, approval=self.settings.approval,
@@ -223,6 +229,7 @@ class UVM:
             ("workers", lambda: self.pool and self.pool.stop(self.settings.drain_seconds)),
             ("bridge", lambda: self.bridge and self.bridge.close()),
             ("cycles", lambda: self.cycles and self.cycles.close()),
+            ("memory", lambda: self.memory and self.memory.close()),
             ("sandbox", self.sandbox.close),
             ("language model", lambda: self.core and self.core.close()),
             ("reader", lambda: self._reader and self._reader[1].close()),
@@ -273,7 +280,7 @@ class UVM:
         """Route the request to the service protocol.OPS names for its op."""
         op = context.request.op
         service = {"kernel": self, "image": self, "cycles": self.cycles, "models": self.models,
-                   "mind": self.mind}[protocol.OPS[op].service]
+                   "mind": self.mind, "memory": self.memory}[protocol.OPS[op].service]
         return await getattr(service, f"op_{op}")(context.request.fields, context)
 
     # --- the kernel's own ops -------------------------------------------------------------------

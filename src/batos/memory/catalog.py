@@ -1,0 +1,161 @@
+"""The knowledge catalog in the image: documents, chunks, a lexical index and vectors.
+
+``root["knowledge_catalog"]`` is one ``Catalog``. A ``Document`` per source keeps the content's
+sha256, and its chunks are ``ChunkRecord`` objects in an IOBTree keyed by integer id. The lexical
+index is zope.index's Okapi BM25 over the chunks' text (BM25 rather than the cosine TextIndex
+because chunks differ in length and BM25 normalizes for length and saturates repeated words,
+which suits short questions). Vectors are kept in ``VectorSegment`` blobs, one per ingestion
+transaction, each an ``.npz`` of ids and float32 rows, never one pickle per vector.
+
+Every change a document makes (its record, chunks, index entries and vectors) is made in one
+transaction by the caller, so a crash leaves the whole document or none of it.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Iterable
+
+import numpy as np
+import persistent
+from BTrees.IOBTree import IOBTree
+from BTrees.OOBTree import OOBTree
+from persistent.list import PersistentList
+from ZODB.blob import Blob
+from zope.index.text.lexicon import CaseNormalizer, Lexicon, Splitter, StopWordRemover
+from zope.index.text.okapiindex import OkapiIndex
+from zope.index.text.setops import mass_weightedUnion
+
+from batos.image.genesis import Furnishing
+from batos.memory.chunking import Chunk
+
+ROOT_KEY = "knowledge_catalog"
+_SPLITTER = Splitter()
+
+
+class ChunkRecord(persistent.Persistent):
+    def __init__(self, chunk_id: int, source: str, position: int, chunk: Chunk):
+        self.chunk_id = chunk_id
+        self.source = source
+        self.position = position  # its place among its document's chunks
+        self.text = chunk.text
+        self.section = chunk.section
+        self.start = chunk.start
+        self.kind = chunk.kind
+
+    def indexed_text(self) -> str:
+        """What the indexes see: the section's headings, then the text."""
+        return f"{self.section}\n{self.text}" if self.section else self.text
+
+
+class Document(persistent.Persistent):
+    def __init__(self, source: str, digest: str, kind: str, size: int, chunk_ids: list[int], segment: int):
+        self.source = source
+        self.digest = digest
+        self.kind = kind
+        self.size = size
+        self.chunk_ids = tuple(chunk_ids)
+        self.segment = segment  # id of the VectorSegment holding its vectors
+        self.ingested_at = time.time()
+        self.summary = ""  # the knowledge weaver's, once it has run
+        self.links: tuple[tuple[str, float], ...] = ()  # (source, similarity) of the closest documents
+        self.centre: bytes | None = None  # its unit mean vector, float32
+
+    def describe(self) -> dict:
+        return {"source": self.source, "digest": self.digest, "kind": self.kind, "bytes": self.size,
+                "chunks": len(self.chunk_ids), "ingested_at": self.ingested_at, "summary": self.summary,
+                "links": [{"source": s, "similarity": round(sim, 4)} for s, sim in self.links]}
+
+
+class VectorSegment(persistent.Persistent):
+    """Rows of unit vectors with their chunk ids, stored in one blob."""
+
+    def __init__(self, segment_id: int, ids: np.ndarray, vectors: np.ndarray):
+        self.segment_id = segment_id
+        self.count = len(ids)
+        self.blob = Blob()
+        with self.blob.open("w") as f:
+            np.savez(f, ids=ids.astype(np.int64), vectors=vectors.astype(np.float32))
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        with self.blob.open("r") as f:
+            data = np.load(io.BytesIO(f.read()))
+            return data["ids"], data["vectors"]
+
+
+class Catalog(persistent.Persistent):
+    def __init__(self) -> None:
+        self.documents = OOBTree()  # source -> Document
+        self.chunks = IOBTree()  # chunk id -> ChunkRecord
+        self.segments = IOBTree()  # segment id -> VectorSegment
+        self.lexicon = Lexicon(Splitter(), CaseNormalizer(), StopWordRemover())
+        self.lexical = OkapiIndex(self.lexicon)
+        self.next_chunk = 1
+        self.next_segment = 1
+        self.version = 0  # changes whenever vectors are added or removed
+
+    # --- writing (the caller commits) ------------------------------------------------------------
+
+    def add(self, source: str, digest: str, kind: str, size: int, chunks: list[Chunk],
+            vectors: np.ndarray) -> Document:
+        """Record a document, replacing any earlier one of that source."""
+        if source in self.documents:
+            self.forget(source)
+        ids = list(range(self.next_chunk, self.next_chunk + len(chunks)))
+        self.next_chunk += len(chunks)
+        for position, (chunk_id, chunk) in enumerate(zip(ids, chunks)):
+            record = ChunkRecord(chunk_id, source, position, chunk)
+            self.chunks[chunk_id] = record
+            self.lexical.index_doc(chunk_id, record.indexed_text())
+        segment_id = self.next_segment
+        self.next_segment += 1
+        self.segments[segment_id] = VectorSegment(segment_id, np.array(ids), vectors)
+        document = Document(source, digest, kind, size, ids, segment_id)
+        self.documents[source] = document
+        self.version += 1
+        return document
+
+    def forget(self, source: str) -> Document:
+        """Remove a document with its chunks, index entries and vectors; KeyError if unknown."""
+        document = self.documents.pop(source)
+        for chunk_id in document.chunk_ids:
+            self.chunks.pop(chunk_id, None)
+            if self.lexical.has_doc(chunk_id):
+                self.lexical.unindex_doc(chunk_id)
+        self.segments.pop(document.segment, None)
+        self.version += 1
+        return document
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def lexical_search(self, query: str, limit: int) -> list[tuple[int, float]]:
+        """Chunk ids by BM25 score, any query word counting (not all required)."""
+        found = [(hits, 1) for hits in map(self.lexical.search, set(_SPLITTER.process([query]))) if hits]
+        if not found:
+            return []
+        merged = mass_weightedUnion(found)
+        best = sorted(merged.items(), key=lambda item: -item[1])[:limit]
+        return [(int(chunk_id), float(score)) for chunk_id, score in best]
+
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored (ids, vectors), in segment order."""
+        loaded = [segment.load() for segment in self.segments.values()]
+        if not loaded:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 384), dtype=np.float32)
+        return np.concatenate([ids for ids, _ in loaded]), np.concatenate([v for _, v in loaded])
+
+    def document_vectors(self, document: Document) -> np.ndarray:
+        segment = self.segments.get(document.segment)
+        return segment.load()[1] if segment is not None else np.zeros((0, 384), dtype=np.float32)
+
+    def sources(self) -> Iterable[str]:
+        return self.documents.keys()
+
+
+def install_catalog(root) -> None:
+    if not isinstance(root.get(ROOT_KEY), Catalog):
+        root[ROOT_KEY] = Catalog()
+
+
+KNOWLEDGE_CATALOG = Furnishing("knowledge_catalog", 1, install_catalog)

@@ -1,0 +1,108 @@
+"""Vector search over the catalog's blobs, and the fusion of lexical and vector rankings.
+
+``VectorIndex`` holds the catalog's vectors in memory for one catalog version: read from the
+blobs once per version, never re-embedded. Up to ``exact_limit`` rows it ranks by an exact dot
+product with numpy (8.8 ms at 100,000 rows here); beyond that it builds a usearch HNSW graph once
+per version and asks it instead (bench/README.md has the measurements behind the limit).
+
+Hybrid ranking is reciprocal rank fusion: a chunk scores ``sum(1 / (RRF_K + rank))`` over the
+rankings it appears in, ``RRF_K = 60`` as in Cormack, Clarke and Büttcher (SIGIR 2009), which
+keeps one ranking's top hit from outweighing agreement between the two.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import numpy as np
+
+RRF_K = 60
+EXACT_LIMIT = 250_000
+CANDIDATES = 50  # from each side, before fusion
+
+
+class VectorIndex:
+    """The rows of one catalog version, searchable; rebuilt when the version changes."""
+
+    def __init__(self, exact_limit: int = EXACT_LIMIT):
+        self.exact_limit = exact_limit
+        self._lock = threading.Lock()
+        self._version: object = None
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._vectors = np.zeros((0, 384), dtype=np.float32)
+        self._graph = None
+        self.loads = 0
+
+    def refresh(self, version: object, load: Callable[[], tuple[np.ndarray, np.ndarray]]) -> None:
+        """Make the index hold ``version``'s rows, calling ``load`` only if it does not already."""
+        with self._lock:
+            if version == self._version:
+                return
+            self._ids, self._vectors = load()
+            self._graph = self._build_graph() if len(self._ids) > self.exact_limit else None
+            self._version = version
+            self.loads += 1
+
+    def _build_graph(self):
+        from usearch.index import Index
+
+        graph = Index(ndim=self._vectors.shape[1], metric="ip", dtype="f32", expansion_search=128)
+        graph.add(np.arange(len(self._ids)), self._vectors)
+        return graph
+
+    @property
+    def size(self) -> int:
+        return len(self._ids)
+
+    @property
+    def method(self) -> str:
+        return "usearch HNSW" if self._graph is not None else "exact (numpy)"
+
+    def search(self, query: np.ndarray, limit: int) -> list[tuple[int, float]]:
+        """The ``limit`` chunk ids closest to the unit vector ``query``, with cosine similarity."""
+        ids, vectors, graph = self._ids, self._vectors, self._graph
+        if not len(ids) or limit <= 0:
+            return []
+        if graph is not None:
+            found = graph.search(query.astype(np.float32), limit)
+            return [(int(ids[row]), 1.0 - float(distance)) for row, distance in zip(found.keys, found.distances)]
+        scores = vectors @ query
+        limit = min(limit, len(scores))
+        top = np.argpartition(-scores, limit - 1)[:limit]
+        top = top[np.argsort(-scores[top])]
+        return [(int(ids[row]), float(scores[row])) for row in top]
+
+    def vector_of(self, chunk_id: int) -> np.ndarray | None:
+        rows = np.nonzero(self._ids == chunk_id)[0]
+        return self._vectors[rows[0]] if len(rows) else None
+
+
+def reciprocal_rank_fusion(*rankings: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """One ranking from several, best first (see the module's note on ``RRF_K``)."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, (chunk_id, _) in enumerate(ranking, start=1):
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+    return sorted(fused.items(), key=lambda item: -item[1])
+
+
+def maximal_marginal_relevance(ranked: list[tuple[int, float]], vectors: dict[int, np.ndarray], limit: int,
+                               trade_off: float = 0.7) -> list[tuple[int, float]]:
+    """Re-pick ``ranked`` so near-duplicates of an already chosen hit fall back (MMR,
+    Carbonell and Goldstein 1998). Relevance is the rank-based score, rescaled to 0..1."""
+    if not ranked:
+        return []
+    top = ranked[0][1] or 1.0
+    chosen: list[tuple[int, float]] = []
+    left = list(ranked)
+    while left and len(chosen) < limit:
+        def gain(item: tuple[int, float]) -> float:
+            vector = vectors.get(item[0])
+            overlap = max((float(vector @ vectors[c]) for c, _ in chosen if vector is not None and c in vectors),
+                          default=0.0)
+            return trade_off * item[1] / top - (1 - trade_off) * overlap
+        best = max(left, key=gain)
+        left.remove(best)
+        chosen.append(best)
+    return chosen

@@ -1,0 +1,242 @@
+"""Memory's operations: ingest, search, show, list, stats and forget (see IMemoryService).
+
+Ingestion and search run on threads of their own, never on the event loop. A document is
+extracted, chunked and embedded before any transaction begins, then recorded in one transaction
+(so a crash keeps the whole document or none); unchanged content is recognised by its sha256
+before anything is embedded. Search only reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import transaction
+
+from batos.errors import BadRequest, NotFound
+from batos.image.transactions import run_in_transaction
+from batos.memory.catalog import ROOT_KEY, Catalog, Document
+from batos.memory.chunking import chunk_text
+from batos.memory.extract import DEFAULT_MAX_BYTES, extract
+from batos.memory.search import CANDIDATES, VectorIndex, maximal_marginal_relevance, reciprocal_rank_fusion
+from batos.memory.weaver import weave
+
+log = logging.getLogger(__name__)
+
+MODES = ("hybrid", "lexical", "vector")
+MAX_K = 100
+MAX_QUERY_CHARS = 2000
+Progress = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class MemoryPolicy:
+    max_bytes: int = DEFAULT_MAX_BYTES
+    chunk_words: int = 200
+    overlap_words: int = 40
+    weaver_queue: int = 64  # documents waiting for a summary; beyond it new ones are skipped
+
+
+class MemoryService:
+    def __init__(self, db, embedder, uploads=None, policy: MemoryPolicy = MemoryPolicy()):
+        self.db = db
+        self.embedder = embedder
+        self.uploads = uploads
+        self.policy = policy
+        self.vectors = VectorIndex()
+        self.embedded_chunks = 0  # by this process: a restart starts again at 0
+        self._manager = transaction.TransactionManager(explicit=True)
+        self._connection = db.open(transaction_manager=self._manager)
+        self._write_lock = threading.Lock()
+        self._weaving: queue.Queue[str] = queue.Queue(policy.weaver_queue)
+        self._weaver = threading.Thread(target=self._weave_forever, name="batos-weaver", daemon=True)
+        self._weaver.start()
+
+    # --- the operations, as plain calls -----------------------------------------------------------
+
+    def ingest(self, source: str, data: bytes, progress: Progress | None = None) -> dict:
+        """Take one file's content into memory under ``source``: ``{"source", "status", "chunks"}``
+        with status ``added``, ``replaced`` or ``unchanged``. Refused files raise; nothing is written."""
+        source = _checked_source(source)
+        digest = hashlib.sha256(data).hexdigest()
+        known = self._read(lambda catalog: _digest_of(catalog, source))
+        if known == digest:
+            return {"source": source, "status": "unchanged", "chunks": self._read(
+                lambda catalog: len(catalog.documents[source].chunk_ids))}
+        extracted = extract(source, data, self.policy.max_bytes)
+        chunks = chunk_text(extracted.text, self.policy.chunk_words, self.policy.overlap_words)
+        texts = [f"{c.section}\n{c.text}" if c.section else c.text for c in chunks]
+        vectors = self._embed(texts, source, progress)
+        with self._write_lock:
+            document = run_in_transaction(self._manager, lambda: self._catalog().add(
+                source, digest, extracted.kind, len(data), chunks, vectors))
+            count = len(document.chunk_ids)
+        self.embedded_chunks += len(texts)
+        with contextlib.suppress(queue.Full):
+            self._weaving.put_nowait(source)
+        return {"source": source, "status": "replaced" if known else "added", "chunks": count}
+
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", diverse: bool = False) -> list[dict]:
+        """Hits ``{"source", "chunk", "score", "text", "section"}``, best first."""
+        if not isinstance(query, str) or not query.strip():
+            raise BadRequest("the query is empty")
+        if len(query) > MAX_QUERY_CHARS:
+            raise BadRequest(f"the query is over {MAX_QUERY_CHARS} characters")
+        if mode not in MODES:
+            raise BadRequest(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise BadRequest(f"k must be a whole number from 1 to {MAX_K}")
+        query_vector = self.embedder.encode([query])[0] if mode != "lexical" else None
+
+        def rank(catalog: Catalog) -> list[dict]:
+            lexical = catalog.lexical_search(query, CANDIDATES) if mode != "vector" else []
+            vector: list[tuple[int, float]] = []
+            if query_vector is not None:
+                self.vectors.refresh(catalog.version, catalog.all_vectors)
+                vector = self.vectors.search(query_vector, CANDIDATES)
+            ranked = {"lexical": lexical, "vector": vector}.get(mode) or reciprocal_rank_fusion(lexical, vector)
+            if diverse:
+                found = {c: v for c, _ in ranked if (v := self.vectors.vector_of(c)) is not None}
+                ranked = maximal_marginal_relevance(ranked, found, k)
+            hits = []
+            for chunk_id, score in ranked:
+                record = catalog.chunks.get(chunk_id)
+                if record is not None:
+                    hits.append({"source": record.source, "chunk": chunk_id, "score": round(score, 6),
+                                 "text": record.text, "section": record.section})
+                if len(hits) == k:
+                    break
+            return hits
+        return self._read(rank)
+
+    def show(self, chunk_id: int) -> dict:
+        def find(catalog: Catalog) -> dict:
+            record = catalog.chunks.get(chunk_id)
+            if record is None:
+                raise NotFound(f"no chunk {chunk_id} in memory")
+            document = catalog.documents[record.source]
+            ids = document.chunk_ids
+            return {"chunk": chunk_id, "text": record.text, "section": record.section, "kind": record.kind,
+                    "position": record.position, "document": document.describe(),
+                    "previous": ids[record.position - 1] if record.position else None,
+                    "next": ids[record.position + 1] if record.position + 1 < len(ids) else None}
+        return self._read(find)
+
+    def list(self) -> list[dict]:
+        return self._read(lambda catalog: [d.describe() for d in catalog.documents.values()])
+
+    def stats(self) -> dict:
+        def count(catalog: Catalog) -> dict:
+            return {"documents": len(catalog.documents), "chunks": len(catalog.chunks),
+                    "vectors": sum(s.count for s in catalog.segments.values()),
+                    "vector_search": self.vectors.method, "embedded_chunks_this_process": self.embedded_chunks,
+                    "lexical_words": len(catalog.lexicon.words())}
+        return self._read(count)
+
+    def forget(self, source: str) -> dict:
+        source = _checked_source(source)
+
+        def remove() -> dict:
+            catalog = self._catalog()
+            if source not in catalog.documents:
+                raise NotFound(f"no document {source} in memory")
+            return {"source": source, "chunks": len(catalog.forget(source).chunk_ids)}
+        with self._write_lock:
+            return run_in_transaction(self._manager, remove)
+
+    # --- the wire ops ---------------------------------------------------------------------------
+
+    async def op_memory_ingest(self, fields: dict, context) -> dict:
+        path = self.uploads.finished(fields["upload_id"])
+        loop = asyncio.get_running_loop()
+
+        def progress(event: dict) -> None:
+            asyncio.run_coroutine_threadsafe(context.emit(event), loop)
+        try:
+            data = await asyncio.to_thread(_read_at_most, path, self.policy.max_bytes)
+            return await asyncio.to_thread(self.ingest, fields["source"], data, progress)
+        finally:
+            self.uploads.discard(fields["upload_id"])
+
+    async def op_memory_search(self, fields: dict, context) -> list[dict]:
+        return await asyncio.to_thread(self.search, fields["query"], fields.get("k", 5),
+                                       fields.get("mode", "hybrid"), fields.get("diverse", False))
+
+    async def op_memory_show(self, fields: dict, context) -> dict:
+        return await asyncio.to_thread(self.show, fields["chunk"])
+
+    async def op_memory_list(self, fields: dict, context) -> list[dict]:
+        return await asyncio.to_thread(self.list)
+
+    async def op_memory_stats(self, fields: dict, context) -> dict:
+        return await asyncio.to_thread(self.stats)
+
+    async def op_memory_forget(self, fields: dict, context) -> dict:
+        return await asyncio.to_thread(self.forget, fields["source"])
+
+    # --- inside -----------------------------------------------------------------------------------
+
+    def _embed(self, texts: list[str], source: str, progress: Progress | None) -> np.ndarray:
+        step = max(self.embedder.batch_size * 4, 1)
+        parts = []
+        for start in range(0, len(texts), step):
+            parts.append(self.embedder.encode(texts[start:start + step]))
+            if progress:
+                progress({"progress": {"what": f"embedding {os.path.basename(source)}",
+                                       "done": min(start + step, len(texts)), "total": len(texts)}})
+        return np.concatenate(parts) if parts else np.zeros((0, 384), dtype=np.float32)
+
+    def _catalog(self) -> Catalog:
+        return self._connection.root()[ROOT_KEY]
+
+    def _read(self, fn: Callable[[Catalog], Any]) -> Any:
+        manager = transaction.TransactionManager(explicit=True)
+        connection = self.db.open(transaction_manager=manager)
+        manager.begin()
+        try:
+            return fn(connection.root()[ROOT_KEY])
+        finally:
+            manager.abort()
+            connection.close()
+
+    def _weave_forever(self) -> None:
+        while True:
+            source = self._weaving.get()
+            if source is None:
+                return
+            try:
+                with self._write_lock:
+                    run_in_transaction(self._manager, lambda: weave(self._catalog(), source))
+            except Exception:
+                log.exception("the knowledge weaver failed on %s", source)
+
+    def close(self) -> None:
+        with contextlib.suppress(queue.Full):
+            self._weaving.put_nowait(None)
+        self._weaver.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self._connection.close()
+
+
+def _digest_of(catalog: Catalog, source: str) -> str | None:
+    document: Document | None = catalog.documents.get(source)
+    return document.digest if document is not None else None
+
+
+def _checked_source(source: Any) -> str:
+    if not isinstance(source, str) or not source.strip() or len(source) > 4096 or "\x00" in source:
+        raise BadRequest("a source is a path of 1 to 4096 characters")
+    return source
+
+
+def _read_at_most(path, limit: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(limit + 1)  # one byte over is enough to refuse it as too large
