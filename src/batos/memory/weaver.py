@@ -16,7 +16,7 @@ from batos.memory.catalog import Catalog
 
 SUMMARY_CHARS = 300
 LINKS = 3
-MIN_LINK_SIMILARITY = 0.3
+MIN_LINK_SIMILARITY = 0.25  # MiniLM puts unrelated paragraphs mostly below 0.15
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
