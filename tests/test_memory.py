@@ -251,3 +251,33 @@ def _ingest_quietly(server: Server, folder) -> None:
             client.memory_ingest([folder])
     except Exception:
         pass  # the server was killed under it
+
+
+def test_ask_grounds_babs_in_an_ingested_document_and_robin_in_past_turns(tmp_path, mind_server):
+    from conftest import ScriptedMind, uvm
+
+    notes = tmp_path / "storage-notes.md"
+    notes.write_text("# Blob storage\n\nOur model weights are stored as ZODB blobs in the folder image.fs.blob, "
+                     "and the committed blob files are memory-mapped without a copy.\n")
+    other = tmp_path / "garden.md"
+    other.write_text("# Garden\n\nTomatoes need six hours of sun and deep watering twice a week.\n")
+    server = uvm(tmp_path / "image.fs", mind_server).start()
+    try:
+        with server.client(timeout=120) as client:
+            client.memory_ingest([notes, other])
+            answer = client.ask("What do my notes say about blob storage?", persona="BABS", depth="direct")
+            babs = answer["turns"][0]
+            assert babs["persona"] == "BABS" and babs["state"] == "COMPLETE"
+            assert babs["sources"] == [str(notes)]
+            prompt = next(body for kind, body in ScriptedMind.requests if kind == "reply")["messages"][-1]["content"]
+            assert "memory-mapped without a copy" in prompt and "storage-notes.md" in prompt
+            assert "Tomatoes" not in prompt  # an unrelated document is not offered
+            shown = client.call("conversation_show", conversation=answer["conversation"])
+            assert shown["exchanges"][0]["turns"][0]["sources"] == [str(notes)]
+            # every finished turn is indexed: a later question recalls it for ROBIN
+            ScriptedMind.requests.clear()
+            later = client.ask("How did you feel about the blob storage answer earlier?", persona="ROBIN", depth="direct")
+            robin = later["turns"][0]
+            assert robin["sources"] and robin["sources"][0].startswith(f"conversation:{answer['conversation']}/0/")
+    finally:
+        server.stop()

@@ -157,10 +157,11 @@ class UVM:
                 choose_persona=lambda brief: writer_for(brief, self.router))
             self.cycles = CycleService(runner, wait_seconds=self.settings.cycle_wait_seconds)
             self.router = Router(self.embedder, lambda: runner.read(exemplars_of), self._break_route_tie)
-            self.mind = MindService(self.cycles, SynapticCycle(runner, self.embedder), self.router, self.embedder,
+            self.mind = MindService(self.cycles, SynapticCycle(runner, self.embedder, recall=self.memory.recall), self.router, self.embedder,
                                     MindPolicy(max_turns=self.settings.max_turns,
                                                max_question_chars=self.settings.max_question_chars),
-                                    check_model=self.core.check_available, known_experts=self.core.expert_names)
+                                    check_model=self.core.check_available, known_experts=self.core.expert_names,
+                                    remember=self.memory.remember)
             self.dispatcher.synthesize_missing = self.settings.llm != "none"
             self.pool = WorkerPool(self.image.db, self.settings.workers)
             self.pool.start()

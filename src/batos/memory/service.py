@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 MODES = ("hybrid", "lexical", "vector")
 MAX_K = 100
 MAX_QUERY_CHARS = 2000
+TURN_PREFIX = "conversation:"
+RECALL_POOL = 20
+MIN_RECALL_SIMILARITY = 0.3
 Progress = Callable[[dict], None]
 
 
@@ -72,17 +75,38 @@ class MemoryService:
             return {"source": source, "status": "unchanged", "chunks": self._read(
                 lambda catalog: len(catalog.documents[source].chunk_ids))}
         extracted = extract(source, data, self.policy.max_bytes)
-        chunks = chunk_text(extracted.text, self.policy.chunk_words, self.policy.overlap_words)
+        count = self._record(source, digest, extracted.kind, len(data), extracted.text, progress)
+        return {"source": source, "status": "replaced" if known else "added", "chunks": count}
+
+    def remember(self, source: str, text: str) -> None:
+        """Index a conversation turn (``source`` starting with TURN_PREFIX) so it can be recalled."""
+        if text.strip():
+            data = text.encode()
+            self._record(source, hashlib.sha256(data).hexdigest(), "turn", len(data), text, None)
+
+    def recall(self, question: str, part: str, k: int = 3) -> list[dict]:
+        """What memory holds on ``question``: hits from ingested documents (``part="documents"``)
+        or from past conversation turns (``"turns"``), hybrid-ranked, each at least
+        MIN_RECALL_SIMILARITY from the question, so an unrelated chunk is never offered."""
+        close = {h["chunk"]: h["score"] for h in self.search(question, RECALL_POOL, "vector")}
+        wanted = (lambda s: s.startswith(TURN_PREFIX)) if part == "turns" else (lambda s: not s.startswith(TURN_PREFIX))
+        return [h for h in self.search(question, RECALL_POOL, "hybrid")
+                if wanted(h["source"]) and close.get(h["chunk"], 0.0) >= MIN_RECALL_SIMILARITY][:k]
+
+    def _record(self, source: str, digest: str, kind: str, size: int, text: str, progress: Progress | None) -> int:
+        """Chunk, embed and store one document in one transaction; its chunk count."""
+        chunks = chunk_text(text, self.policy.chunk_words, self.policy.overlap_words)
         texts = [f"{c.section}\n{c.text}" if c.section else c.text for c in chunks]
         vectors = self._embed(texts, source, progress)
         with self._write_lock:
             document = run_in_transaction(self._manager, lambda: self._catalog().add(
-                source, digest, extracted.kind, len(data), chunks, vectors))
+                source, digest, kind, size, chunks, vectors))
             count = len(document.chunk_ids)
         self.embedded_chunks += len(texts)
-        with contextlib.suppress(queue.Full):
-            self._weaving.put_nowait(source)
-        return {"source": source, "status": "replaced" if known else "added", "chunks": count}
+        if kind != "turn":
+            with contextlib.suppress(queue.Full):
+                self._weaving.put_nowait(source)
+        return count
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", diverse: bool = False) -> list[dict]:
         """Hits ``{"source", "chunk", "score", "text", "section"}``, best first."""

@@ -7,6 +7,7 @@ Every function returns chat messages (or plain data); none calls a model.
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
@@ -75,10 +76,14 @@ def facet_messages(system: str, sub_question: str, question: str) -> list[Messag
 
 def reply_messages(persona: dict[str, Any], question: str, context: list[dict[str, str]],
                    prior: list[dict[str, str]], notes: list[dict[str, str]], task: str | None,
-                   revision: bool = False) -> list[Message]:
+                   revision: bool = False, grounding: list[dict[str, Any]] = ()) -> list[Message]:
     """The persona's reply: to the question (direct), woven from its facets' notes, or, with
-    ``task``, a partner's turn after the turns before it."""
+    ``task``, a partner's turn after the turns before it; ``grounding`` is what memory holds on it."""
     parts = [question]
+    if grounding:
+        parts.append("(From memory:\n" + "\n".join(
+            f"[{n}] {os.path.basename(g['source'])}: {_clip(g['text'], MAX_NOTE_CHARS * 2)}" for n, g in enumerate(grounding, 1))
+            + "\nAnswer from these where they help, and name the [n] you used.)")
     if notes:
         parts.append("(Notes from your pillars:\n" + "\n".join(
             f"- {n['facet'].removesuffix('_facet_')}: {_clip(n['text'], MAX_NOTE_CHARS)}" for n in notes)

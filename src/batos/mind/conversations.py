@@ -9,7 +9,7 @@ it) with these slots:
     exchanges         [{"question", "route", "at", "state"}]; state is open, answered or failed;
                       an open exchange no dialogue is serving any more (its UVM stopped) is shown
                       as interrupted
-    turns             [{"exchange", "persona", "role", "cycle", "text", "facets"}]; ``text`` is set
+    turns             [{"exchange", "persona", "role", "cycle", "text", "facets", "sources"}]; ``text`` is set
                       in the transaction that completes the turn's cycle
 
 A turn without text takes its state from its cycle (running, failed, or lost once the cycle is
@@ -83,9 +83,10 @@ def add_turn(conversation: UvmObject, exchange: int, persona: str, role: str, cy
     return len(turns) - 1
 
 
-def complete_turn(conversation: UvmObject, turn: int, text: str, facets: list[str]) -> None:
+def complete_turn(conversation: UvmObject, turn: int, text: str, facets: list[str],
+                  sources: list[str] = ()) -> None:
     turns = conversation._slots["turns"]
-    turns[turn] = {**turns[turn], "text": text, "facets": list(facets)}
+    turns[turn] = {**turns[turn], "text": text, "facets": list(facets), "sources": list(sources)}
     _touch(conversation)
 
 

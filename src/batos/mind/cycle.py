@@ -155,7 +155,8 @@ def summary(cycle: UvmObject, detail: bool = False) -> dict[str, Any]:
         data["brief"] = to_plain(slots.get("brief"))
         data["route"] = to_plain(slots.get("route"))
         data["attempts"] = [dict(a) for a in slots["attempts"]]
-        for name in ("question", "role", "depth", "context", "prior", "plan", "facet_answers", "reply"):
+        for name in ("question", "role", "depth", "context", "prior", "plan", "facet_answers", "reply",
+                     "grounding"):
             if name in slots:
                 data[name] = to_plain(slots[name])
     return data

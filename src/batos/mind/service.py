@@ -9,6 +9,7 @@ lead; ALFRED closes when the turns repeat each other or drift from the question.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -23,8 +24,10 @@ from batos.mind.cycle_service import CycleService
 from batos.mind.exemplars import EXEMPLAR_SLOT
 from batos.mind.interfaces import IMindService
 from batos.mind.router import Router, check_exemplar
-from batos.mind.synaptic import SynapticCycle, persona_codex
+from batos.mind.synaptic import SynapticCycle, persona_codex, sources_of
 from batos.tasks import spawn
+
+log = logging.getLogger(__name__)
 
 Emit = Callable[[dict], Awaitable[None]]
 DEPTHS = ("auto", "direct", "facets")
@@ -49,7 +52,9 @@ class MindService:
 
     def __init__(self, cycles: CycleService, synaptic: SynapticCycle, router: Router, embedder: Embedder,
                  policy: MindPolicy | None = None, check_model: Callable[[], None] = lambda: None,
-                 known_experts: Callable[[], set[str]] = set):
+                 known_experts: Callable[[], set[str]] = set,
+                 remember: Callable[[str, str], None] | None = None):
+        self.remember = remember  # indexes a finished turn (source, text) so personas can recall it
         self.check_model = check_model  # raises when no model will ever answer (e.g. BATOS_LLM=none)
         self.known_experts = known_experts  # the experts the model can apply now (never waits)
         self.cycles = cycles
@@ -104,7 +109,8 @@ class MindService:
             raise AskFailed(f"{turns[0]['persona']} could not answer (cycle {turns[0]['cycle']}): {turns[0]['reason']}")
         return {"conversation": conversation_id, "exchange": exchange,
                 "route": {k: route[k] for k in ("archetype", "lead", "partners", "depth", "decided_by")},
-                "turns": [{k: t[k] for k in ("persona", "role", "text", "facets", "cycle", "state", "reason")} for t in turns],
+                "turns": [{k: t[k] for k in ("persona", "role", "text", "facets", "sources", "cycle", "state", "reason")}
+                          for t in turns],
                 "seconds": round(time.perf_counter() - started, 3)}
 
     def check_question(self, question: str) -> str:
@@ -139,9 +145,19 @@ class MindService:
         finally:
             self.runner.streams.pop(cycle_id, None)
         complete = found["state"] == "COMPLETE"
+        if complete and self.remember is not None:
+            await self._remember_turn(conversation_id, exchange, persona, found.get("question") or "", found.get("reply") or "")
         return {"persona": persona, "role": role, "cycle": cycle_id, "state": found["state"],
                 "text": found.get("reply") if complete else None, "reason": found.get("reason"),
-                "facets": [a["facet"] for a in found.get("facet_answers") or [] if a.get("text")]}
+                "facets": [a["facet"] for a in found.get("facet_answers") or [] if a.get("text")],
+                "sources": sources_of(found.get("grounding") or []) if complete else []}
+
+    async def _remember_turn(self, conversation_id: str, exchange: int, persona: str, question: str, text: str) -> None:
+        source = f"conversation:{conversation_id}/{exchange}/{persona}"
+        try:
+            await asyncio.to_thread(self.remember, source, f"{question}\n\n{persona}: {text}")
+        except Exception:  # recall is a help; the turn itself is already committed
+            log.exception("indexing the turn %s failed", source)
 
     async def _needs_steward(self, question: str, turns: list[dict]) -> bool:
         """Whether the last turn repeats the one before it or drifted from the question."""

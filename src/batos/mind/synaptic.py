@@ -83,13 +83,26 @@ def persona_codex(persona: UvmObject) -> dict[str, Any]:
             "facets": facets}
 
 
+Recall = Callable[[str, str], list[dict[str, Any]]]  # (question, "documents" | "turns") -> memory hits
+GROUNDED = {"BABS": "documents", "ROBIN": "turns"}  # who looks in memory, and in which part
+GROUNDING_HITS = 3
+MAX_GROUNDING_CHARS = 600
+
+
+def sources_of(grounding: list[dict[str, Any]]) -> list[str]:
+    """The distinct sources a turn was grounded in, in the order they were shown."""
+    return list(dict.fromkeys(g["source"] for g in grounding))
+
+
 class SynapticCycle:
     """The steps of an answer cycle, registered with ``runner``."""
 
-    def __init__(self, runner: CycleRunner, embedder: Embedder, policy: AnswerPolicy | None = None):
+    def __init__(self, runner: CycleRunner, embedder: Embedder, policy: AnswerPolicy | None = None,
+                 recall: Recall | None = None):
         self.runner = runner
         self.embedder = embedder
         self.policy = policy or AnswerPolicy()
+        self.recall = recall
         runner.register_kind(KIND, {"IDLE": self.begin, "DECOMPOSING": self.plan, "DELEGATING": self.delegate,
                                     "SYNTHESIZING": self.weave, "VALIDATING": self.gate})
 
@@ -118,7 +131,25 @@ class SynapticCycle:
     # --- the steps ------------------------------------------------------------------------------
 
     def begin(self, cycle_id: str) -> None:
-        self.runner.change(cycle_id, lambda root, cycle: self.runner.move(root, cycle, "DECOMPOSING"))
+        """Recall what memory holds for the question (BABS from documents, ROBIN from past turns)."""
+        question, persona = self.runner.read_cycle(cycle_id, lambda c: (c._slots["question"], c._slots["persona"]))
+        grounding = self._grounding(question, persona)
+
+        def record(root, cycle):
+            cycle._slots["grounding"] = grounding
+            self.runner.move(root, cycle, "DECOMPOSING")
+        self.runner.change(cycle_id, record)
+
+    def _grounding(self, question: str, persona: str) -> list[dict[str, Any]]:
+        if self.recall is None or persona not in GROUNDED:
+            return []
+        try:
+            hits = self.recall(question, GROUNDED[persona])
+        except Exception:  # memory is help, not a condition: an answer without it still comes
+            log.exception("recalling memory for %s failed", persona)
+            return []
+        return [{"source": h["source"], "chunk": h["chunk"], "text": h["text"][:MAX_GROUNDING_CHARS]}
+                for h in hits if h.get("score", 1) >= 0][:GROUNDING_HITS]
 
     def plan(self, cycle_id: str) -> None:
         job = self.runner.read_cycle(cycle_id, self._job)
@@ -190,7 +221,7 @@ class SynapticCycle:
         notes = [a for a in job["facet_answers"] if a["text"]]
         task = {"lead": None, "partner": PARTNER_TASKS.get(job["persona"]["name"]), "closer": CLOSING_TASK}[job["role"]]
         messages = reply_messages(job["persona"], job["question"], job["context"], job["prior"], notes, task,
-                                  revision=job["iteration"] > 1)
+                                  revision=job["iteration"] > 1, grounding=job["grounding"])
         started = time.perf_counter()
         text = ReplyText(job["persona"]["name"], self.runner.streams.get(cycle_id), self.policy.reply_tokens)
         try:
@@ -221,7 +252,8 @@ class SynapticCycle:
             attempts[-1] = {**attempts[-1], "verdict": verdict or "passed"}
             if verdict is None:
                 conversations.complete_turn(s["conversation"], s["turn"], s["reply"],
-                                            [a["facet"] for a in s["facet_answers"] if a["text"]])
+                                            [a["facet"] for a in s["facet_answers"] if a["text"]],
+                                            sources_of(s.get("grounding") or []))
                 return self.runner.move(root, cycle, "COMPLETE")
             if s["iteration"] > self.policy.max_revisions:
                 return self.runner.move(root, cycle, "FAILED",
@@ -270,7 +302,7 @@ class SynapticCycle:
                 "question": s["question"], "role": s["role"], "depth": s["depth"], "context": to_plain(s["context"]),
                 "prior": to_plain(s["prior"]), "plan": to_plain(s["plan"]), "plan_attempts": s["plan_attempts"],
                 "facet_answers": to_plain(s["facet_answers"]), "reply": s["reply"], "iteration": s["iteration"],
-                "attempts": [dict(a) for a in s["attempts"]]}
+                "attempts": [dict(a) for a in s["attempts"]], "grounding": to_plain(s.get("grounding") or [])}
 
     def _options(self, job: dict, max_new_tokens: int, retry: int = 0) -> dict[str, Any]:
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
