@@ -42,9 +42,10 @@ def drain(server: Server) -> Server:
 
 
 def prepare(image_path: Path, tmp: Path) -> None:
+    """A target that holds references to kernel objects, a helper method, and an expert with a blob."""
+    from batos.memory.catalog import install_catalog
     from batos.mind import conversations
 
-    """A target that holds references to kernel objects, a helper method, and an expert with a blob."""
     adapter = tmp / "mallory"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 1}))
@@ -58,7 +59,8 @@ def prepare(image_path: Path, tmp: Path) -> None:
         pllm._slots["model_bundles"]["tiny"] = import_folder(model, "tiny", "test")
         target = root["genesis_obj"].clone()
         conversations.install_conversations(root)
-        target._slots.update(name="target", total=1, llm=pllm, traits=root["traits_obj"],
+        install_catalog(root)
+        target._slots.update(catalog=root["knowledge_catalog"], name="target", total=1, llm=pllm, traits=root["traits_obj"],
                              state=root["psm_prototypes_obj"]._slots["IDLE"],
                              conversation=conversations.start(root, "What did BRICK say?"))
         root["attack_target"] = target

@@ -1,0 +1,179 @@
+"""Fractal Memory's figures (issue 11); medians, with a baseline measured in the same run.
+
+(a) ingestion: chunks/s of MemoryService.ingest over Markdown files, against bare batched
+    embedding of exactly the same chunk texts (the ratio is the cost of extraction, chunking,
+    indexing and committing on top of the embedding).
+(b) search latency p50/p99 at 10k and 100k chunks, lexical, vector and hybrid. The scale
+    catalogs hold synthetic text (a 5,000-word vocabulary, Zipf-distributed) and synthetic unit
+    vectors (clustered), written in batches of 1,000 chunks per transaction: search cost does not
+    depend on what the vectors mean. The query embedding is included in vector and hybrid times.
+(d) image size per 10k chunks (FileStorage file plus blob folder).
+(c) retrieval quality on the labelled set (tests/retrieval_set.py): recall@5 and MRR@10.
+
+Run: .venv/bin/python bench/memory.py [--parts ingest,search,quality] [--sizes 10000,100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import transaction  # noqa: E402
+import ZODB  # noqa: E402
+from ZODB.FileStorage import FileStorage  # noqa: E402
+
+from batos.llm.embeddings import Embedder  # noqa: E402
+from batos.memory.catalog import ROOT_KEY, install_catalog  # noqa: E402
+from batos.memory.chunking import Chunk, chunk_text  # noqa: E402
+from batos.memory.extract import extract  # noqa: E402
+from batos.memory.service import MemoryService  # noqa: E402
+from retrieval_set import evaluate, write_documents  # noqa: E402
+
+QUERIES = ["how are replies routed back to clients", "blob storage of model weights", "kill during a commit",
+           "summary of the knowledge weaver", "retry with exponential backoff", "lexical index okapi",
+           "vector search latency", "persona dialogue routing", "sandbox worker process", "pack the image"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def open_db(folder: str) -> ZODB.DB:
+    db = ZODB.DB(FileStorage(os.path.join(folder, "image.fs"), blob_dir=os.path.join(folder, "image.fs.blob")))
+    with db.transaction() as connection:
+        install_catalog(connection.root())
+    return db
+
+
+def folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+
+
+def ingest_figures(embedder: Embedder, repeats: int) -> dict:
+    with tempfile.TemporaryDirectory() as work:
+        paths = write_documents(Path(work) / "docs")
+        files = [(str(p), p.read_bytes()) for p in paths.values()]
+        texts = [f"{c.section}\n{c.text}" if c.section else c.text
+                 for _, data in files for c in chunk_text(extract("x.md", data).text)]
+        bare, full = [], []
+        for repeat in range(repeats):
+            started = time.perf_counter()
+            for start in range(0, len(texts), embedder.batch_size * 4):
+                embedder.encode(texts[start:start + embedder.batch_size * 4])
+            bare.append(len(texts) / (time.perf_counter() - started))
+            folder = os.path.join(work, f"image{repeat}")
+            os.mkdir(folder)
+            db = open_db(folder)
+            memory = MemoryService(db, embedder)
+            started = time.perf_counter()
+            for source, data in files:
+                memory.ingest(source, data)
+            full.append(memory.embedded_chunks / (time.perf_counter() - started))
+            memory.close()
+            db.close()
+    return {"documents": len(files), "chunks": len(texts), "bare_embedding_chunks_per_s": round(statistics.median(bare), 1),
+            "ingest_chunks_per_s": round(statistics.median(full), 1),
+            "ratio": round(statistics.median(full) / statistics.median(bare), 3)}
+
+
+def synthetic_catalog(folder: str, size: int, seed: int = 0) -> ZODB.DB:
+    rng = np.random.default_rng(seed)
+    vocabulary = [f"w{n}" for n in range(5000)]
+    weights = 1.0 / np.arange(1, len(vocabulary) + 1)
+    weights /= weights.sum()
+    centres = rng.standard_normal((256, 384)).astype(np.float32)
+    db = open_db(folder)
+    per_document = 1000
+    for first in range(0, size, per_document):
+        count = min(per_document, size - first)
+        words = rng.choice(len(vocabulary), size=(count, 60), p=weights)
+        chunks = [Chunk(" ".join(vocabulary[w] for w in row), "", 0, "prose") for row in words]
+        vectors = centres[rng.integers(0, len(centres), count)] + rng.standard_normal((count, 384)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        with db.transaction() as connection:
+            connection.root()[ROOT_KEY].add(f"/synthetic/{first}.md", str(first), "markdown", 0, chunks, vectors)
+    return db
+
+
+def search_figures(embedder: Embedder, sizes: list[int], queries_per_mode: int) -> list[dict]:
+    rows = []
+    rng = random.Random(0)
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as work:
+            started = time.perf_counter()
+            db = synthetic_catalog(work, size)
+            built = time.perf_counter() - started
+            image_bytes = folder_bytes(work)
+            memory = MemoryService(db, embedder)
+            memory.search("warm up", 5, "hybrid")  # reads the vector blobs once
+            vocabulary_queries = [" ".join(f"w{rng.randint(0, 400)}" for _ in range(4)) for _ in range(queries_per_mode // 2)]
+            queries = [*QUERIES * (queries_per_mode // (2 * len(QUERIES)) + 1)][:queries_per_mode // 2] + vocabulary_queries
+            row = {"chunks": size, "build_seconds": round(built, 1),
+                   "image_mb_per_10k_chunks": round(image_bytes / 1024**2 / (size / 10_000), 2),
+                   "vector_search": memory.vectors.method}
+            for mode in ("lexical", "vector", "hybrid"):
+                times = []
+                for query in queries:
+                    t = time.perf_counter()
+                    memory.search(query, 5, mode)
+                    times.append((time.perf_counter() - t) * 1000)
+                row[mode] = {"p50_ms": round(percentile(times, 0.5), 2), "p99_ms": round(percentile(times, 0.99), 2)}
+            memory.close()
+            db.close()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def quality_figures(embedder: Embedder) -> dict:
+    with tempfile.TemporaryDirectory() as work:
+        paths = write_documents(Path(work) / "docs")
+        db = open_db(work)
+        memory = MemoryService(db, embedder)
+        for path in paths.values():
+            memory.ingest(str(path), path.read_bytes())
+        scores = evaluate(lambda q, mode: memory.search(q, 30, mode), paths)
+        memory.close()
+        db.close()
+    return {mode: {k: round(v, 3) for k, v in s.items()} for mode, s in scores.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="ingest,search,quality")
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--queries", type=int, default=200, help="queries per mode and size")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    embedder = Embedder()
+    embedder.load()
+    embedder.encode(["warm up"])
+    figures = {}
+    if "ingest" in parts:
+        figures["ingest"] = ingest_figures(embedder, args.repeats)
+        print(json.dumps({"ingest": figures["ingest"]}), flush=True)
+    if "quality" in parts:
+        figures["quality"] = quality_figures(embedder)
+        print(json.dumps({"quality": figures["quality"]}), flush=True)
+    if "search" in parts:
+        figures["search"] = search_figures(embedder, [int(s) for s in args.sizes.split(",")], args.queries)
+    transaction.abort()
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
