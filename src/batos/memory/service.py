@@ -20,12 +20,14 @@ from typing import Any, Callable
 
 import numpy as np
 import transaction
+from zope.interface import implementer
 
 from batos.errors import BadRequest, NotFound
 from batos.image.transactions import run_in_transaction
 from batos.memory.catalog import ROOT_KEY, Catalog, Document
 from batos.memory.chunking import chunk_text
 from batos.memory.extract import DEFAULT_MAX_BYTES, extract
+from batos.memory.interfaces import IMemoryService
 from batos.memory.search import CANDIDATES, VectorIndex, maximal_marginal_relevance, reciprocal_rank_fusion
 from batos.memory.weaver import weave
 
@@ -48,6 +50,7 @@ class MemoryPolicy:
     weaver_queue: int = 64  # documents waiting for a summary; beyond it new ones are skipped
 
 
+@implementer(IMemoryService)
 class MemoryService:
     def __init__(self, db, embedder, uploads=None, policy: MemoryPolicy = MemoryPolicy()):
         self.db = db
