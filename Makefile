@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/synthesis.py
 	$(BIN)/python bench/mind.py
+	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
