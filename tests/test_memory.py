@@ -281,3 +281,24 @@ def test_ask_grounds_babs_in_an_ingested_document_and_robin_in_past_turns(tmp_pa
             assert robin["sources"] and robin["sources"][0].startswith(f"conversation:{answer['conversation']}/0/")
     finally:
         server.stop()
+
+
+def test_a_method_cycle_gets_related_chunks_in_its_mission_brief(tmp_path, model_server):
+    from conftest import ScriptedModel, make_counter, uvm
+
+    notes = tmp_path / "totals.md"
+    notes.write_text("# Totals\n\nTo add to a total, read the total slot, add the amount, store it back and "
+                     "return the new total.\n")
+    make_counter(tmp_path / "image.fs")
+    server = uvm(tmp_path / "image.fs", model_server).start()
+    try:
+        with server.client(timeout=120) as client:
+            client.memory_ingest([notes])
+            assert client.send("counter_obj", "add_to_total", 5, intent="add an amount to the total") == 15
+            cycle = client.call("cycles_list", all=True)[-1]
+            brief = client.call("cycle_show", cycle=cycle["id"])["brief"]
+        assert [k["source"] for k in brief["knowledge"]] == [str(notes)]
+        prompt = ScriptedModel.requests[0]["messages"][-1]["content"]
+        assert "From the memory (totals.md)" in prompt and "store it back" in prompt
+    finally:
+        server.stop()

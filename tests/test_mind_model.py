@@ -81,3 +81,17 @@ def test_a_facet_compiles_once_and_runs_under_its_personas_expert(tmp_path, mode
             assert bound == {"BRICK": "expert", "ROBIN": "expert", "BABS": "system prompt", "ALFRED": "system prompt"}
     finally:
         srv.stop()
+
+
+def test_babs_answers_from_an_ingested_note_and_cites_it(mind, tmp_path):
+    note = tmp_path / "lighthouse-log.md"
+    note.write_text("# Lighthouse log\n\nThe keeper of the Skerry lighthouse counted seventeen albatrosses at dawn "
+                    "on the first of March.\n")
+    with mind.client(timeout=900) as c:
+        assert c.memory_ingest([note])[0]["status"] in ("added", "unchanged")
+        result = c.ask("How many albatrosses did the keeper count at dawn, according to my notes?",
+                       persona="BABS", depth="direct")
+    babs = result["turns"][0]
+    assert babs["persona"] == "BABS" and babs["state"] == "COMPLETE", babs
+    assert babs["sources"] == [str(note)]
+    assert "17" in babs["text"] or "seventeen" in babs["text"].lower(), babs["text"]

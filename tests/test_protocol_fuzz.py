@@ -56,6 +56,7 @@ CODES_WITHOUT_A_MODEL = {
     "cycles": {"not_found"},
     "models": {"not_found", "model_unavailable", "import_failed"},
     "mind": {"not_found", "model_unavailable", "too_large"},
+    "memory": {"not_found", "too_large"},
 }
 
 

@@ -154,7 +154,8 @@ class UVM:
                 max_source_bytes=self.settings.max_source_bytes, verify_seconds=self.settings.method_budget),
                 model_name=lambda: self.core.stats().get("model", self.settings.llm), sandbox=self.sandbox,
                 generate_many=self._generate_many_for_cycle, experts=self._experts_when_ready,
-                choose_persona=lambda brief: writer_for(brief, self.router))
+                choose_persona=lambda brief: writer_for(brief, self.router),
+                recall=lambda mission: self.memory.recall(mission, "documents"))
             self.cycles = CycleService(runner, wait_seconds=self.settings.cycle_wait_seconds)
             self.router = Router(self.embedder, lambda: runner.read(exemplars_of), self._break_route_tie)
             self.mind = MindService(self.cycles, SynapticCycle(runner, self.embedder, recall=self.memory.recall), self.router, self.embedder,

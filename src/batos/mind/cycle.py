@@ -196,13 +196,15 @@ class CycleRunner:
     def __init__(self, db: ZODB.DB, generate: Generate, policy: CyclePolicy | None = None,
                  model_name: Callable[[], str] | None = None, sleep: Callable[[float], None] = time.sleep,
                  sandbox: SandboxPool | None = None, generate_many: GenerateMany | None = None,
-                 experts: Callable[[], set[str]] | None = None, choose_persona: ChoosePersona | None = None):
+                 experts: Callable[[], set[str]] | None = None, choose_persona: ChoosePersona | None = None,
+                 recall: Callable[[str], list[dict]] | None = None):
         self.sandbox = sandbox  # where candidates are verified (None: the process's default pool)
         self.generate = generate
         self.generate_many = generate_many or (lambda conversations, **options: [
             self._first(generate(messages, **options)) for messages in conversations])
         self.experts = experts or set  # the experts the model can apply now
         self.choose_persona = choose_persona or (lambda brief: (self.policy.persona, None))
+        self.recall = recall  # memory's chunks related to a mission, for its brief
         self.streams: dict[str, Callable[[str], None]] = {}  # cycle id -> who gets its text as it comes
         self.policy = policy or CyclePolicy()
         self.model_name = model_name or (lambda: "unknown")
@@ -248,13 +250,27 @@ class CycleRunner:
     def delegate(self, cycle_id: str) -> None:
         brief = self.read_cycle(cycle_id, lambda cycle: to_plain(cycle._slots["brief"]))
         persona, route = self.choose_persona(brief)  # no transaction is open here
+        knowledge = self._knowledge_for(brief)
 
         def step(root, cycle):
+            if knowledge:
+                cycle._slots["brief"] = {**to_plain(cycle._slots["brief"]), "knowledge": knowledge}
             cycle._slots["persona"] = persona
             cycle._slots["route"] = route
             cycle._slots["model"] = self.model_name()
             self.move(root, cycle, "DELEGATING")
         self.change(cycle_id, step)
+
+    def _knowledge_for(self, brief: dict[str, Any]) -> list[dict[str, str]]:
+        """Up to 2 chunks memory holds on the mission (facets are compiled from their intent alone)."""
+        if self.recall is None or is_facet(brief["selector"]):
+            return []
+        try:
+            hits = self.recall(f"{brief['selector'].replace('_', ' ')}: {brief.get('intent') or ''}")
+        except Exception:  # memory helps a mission; it is never a reason to fail one
+            log.exception("recalling memory for %s failed", brief["selector"])
+            return []
+        return [{"source": h["source"], "text": h["text"][:600]} for h in hits[:2]]
 
     def synthesize(self, cycle_id: str) -> None:
         def enter(root, cycle):

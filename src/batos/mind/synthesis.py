@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import textwrap
 from typing import Any
@@ -62,6 +63,8 @@ def build_messages(brief: dict[str, Any], attempts: list[dict[str, Any]], person
         lines.append("Methods it already understands: " + ", ".join(brief["methods"]))
     for source in brief.get("related_sources", []):
         lines.append(f"A related method:\n```python\n{source}```")
+    for chunk in brief.get("knowledge", []):
+        lines.append(f"From the memory ({os.path.basename(chunk['source'])}):\n{chunk['text']}")
     intent = brief.get("intent") or f"what its name, {selector!r}, says"
     lines.append(f"What the method must do: {intent}")
     if any(word in selector for word in DISPLAY_WORDS):
