@@ -25,6 +25,7 @@ from batos.llm.generation import BackendError
 from batos.mind.cycle import CyclePolicy, CycleRunner
 from batos.mind.cycle_service import CycleService
 from batos.mind.interfaces import ICycleService, IMindService
+from batos.memory.service import MemoryService
 from batos.mind.service import MindService
 
 from conftest import EXAMPLE, ScriptedModel, make_counter, opened_root, uvm
@@ -32,7 +33,8 @@ from test_cycle import GOOD, Script, finish_event
 
 
 def test_every_op_is_served_by_the_service_the_table_names():
-    served_by = {"kernel": UVM, "image": UVM, "cycles": CycleService, "models": ModelService, "mind": MindService}
+    served_by = {"kernel": UVM, "image": UVM, "cycles": CycleService, "models": ModelService, "mind": MindService,
+                 "memory": MemoryService}
     assert set(op.service for op in protocol.OPS.values()) == set(protocol.SERVICES) == set(served_by)
     for name, op in protocol.OPS.items():
         assert callable(getattr(served_by[op.service], f"op_{name}", None)), name

@@ -89,6 +89,13 @@ GROUNDING_HITS = 3
 MAX_GROUNDING_CHARS = 600
 
 
+def turn_source_prefix(cycle: UvmObject) -> str:
+    """How memory names the turns of the exchange ``cycle`` answers in (see MindService)."""
+    conversation = cycle._slots["conversation"]
+    exchange = conversation._slots["turns"][cycle._slots["turn"]]["exchange"]
+    return f"conversation:{conversation._slots['conversation_id']}/{exchange}/"
+
+
 def sources_of(grounding: list[dict[str, Any]]) -> list[str]:
     """The distinct sources a turn was grounded in, in the order they were shown."""
     return list(dict.fromkeys(g["source"] for g in grounding))
@@ -132,8 +139,10 @@ class SynapticCycle:
 
     def begin(self, cycle_id: str) -> None:
         """Recall what memory holds for the question (BABS from documents, ROBIN from past turns)."""
-        question, persona = self.runner.read_cycle(cycle_id, lambda c: (c._slots["question"], c._slots["persona"]))
-        grounding = self._grounding(question, persona)
+        question, persona, this_exchange = self.runner.read_cycle(cycle_id, lambda c: (
+            c._slots["question"], c._slots["persona"], turn_source_prefix(c)))
+        # the turns of this very exchange are not memory: shown an answer, a small model copies it
+        grounding = [g for g in self._grounding(question, persona) if not g["source"].startswith(this_exchange)]
 
         def record(root, cycle):
             cycle._slots["grounding"] = grounding
