@@ -91,9 +91,10 @@ class MemoryService:
         """What memory holds on ``question``: hits from ingested documents (``part="documents"``)
         or from past conversation turns (``"turns"``), hybrid-ranked, each at least
         MIN_RECALL_SIMILARITY from the question, so an unrelated chunk is never offered."""
-        close = {h["chunk"]: h["score"] for h in self.search(question, RECALL_POOL, "vector")}
+        vector = self.embedder.encode([question])[0]  # once, for both rankings
+        close = {h["chunk"]: h["score"] for h in self.search(question, RECALL_POOL, "vector", query_vector=vector)}
         wanted = (lambda s: s.startswith(TURN_PREFIX)) if part == "turns" else (lambda s: not s.startswith(TURN_PREFIX))
-        return [h for h in self.search(question, RECALL_POOL, "hybrid")
+        return [h for h in self.search(question, RECALL_POOL, "hybrid", query_vector=vector)
                 if wanted(h["source"]) and close.get(h["chunk"], 0.0) >= MIN_RECALL_SIMILARITY][:k]
 
     def _record(self, source: str, digest: str, kind: str, size: int, text: str, progress: Progress | None) -> int:
@@ -111,8 +112,10 @@ class MemoryService:
                 self._weaving.put_nowait(source)
         return count
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid", diverse: bool = False) -> list[dict]:
-        """Hits ``{"source", "chunk", "score", "text", "section"}``, best first."""
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", diverse: bool = False,
+               query_vector: np.ndarray | None = None) -> list[dict]:
+        """Hits ``{"source", "chunk", "score", "text", "section"}``, best first (``query_vector``:
+        the query's embedding, when the caller already has it)."""
         if not isinstance(query, str) or not query.strip():
             raise BadRequest("the query is empty")
         if len(query) > MAX_QUERY_CHARS:
@@ -121,12 +124,13 @@ class MemoryService:
             raise BadRequest(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise BadRequest(f"k must be a whole number from 1 to {MAX_K}")
-        query_vector = self.embedder.encode([query])[0] if mode != "lexical" else None
+        if query_vector is None and mode != "lexical":
+            query_vector = self.embedder.encode([query])[0]
 
         def rank(catalog: Catalog) -> list[dict]:
             lexical = catalog.lexical_search(query, CANDIDATES) if mode != "vector" else []
             vector: list[tuple[int, float]] = []
-            if query_vector is not None:
+            if query_vector is not None and mode != "lexical":
                 self.vectors.refresh(catalog.version, catalog.all_vectors)
                 vector = self.vectors.search(query_vector, CANDIDATES)
             ranked = {"lexical": lexical, "vector": vector}.get(mode) or reciprocal_rank_fusion(lexical, vector)
