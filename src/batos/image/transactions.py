@@ -83,3 +83,16 @@ def _abort_quietly(manager: transaction.TransactionManager) -> None:
         manager.abort()
     except Exception:
         log.exception("aborting a transaction failed")
+
+
+def read_root(db, fn: Callable[[object], T]) -> T:
+    """``fn(root)`` in a read-only transaction of a fresh connection of its own (aborted after,
+    so it never waits for, or conflicts with, a writer)."""
+    manager = transaction.TransactionManager(explicit=True)
+    connection = db.open(transaction_manager=manager)
+    manager.begin()
+    try:
+        return fn(connection.root())
+    finally:
+        manager.abort()
+        connection.close()

@@ -23,7 +23,7 @@ import transaction
 from zope.interface import implementer
 
 from batos.errors import BadRequest, NotFound
-from batos.image.transactions import run_in_transaction
+from batos.image.transactions import read_root, run_in_transaction
 from batos.memory.catalog import ROOT_KEY, Catalog, Document
 from batos.memory.chunking import chunk_text
 from batos.memory.extract import DEFAULT_MAX_BYTES, extract
@@ -73,10 +73,9 @@ class MemoryService:
         with status ``added``, ``replaced`` or ``unchanged``. Refused files raise; nothing is written."""
         source = _checked_source(source)
         digest = hashlib.sha256(data).hexdigest()
-        known = self._read(lambda catalog: _digest_of(catalog, source))
+        known, chunks = self._read(lambda catalog: _digest_and_chunks(catalog, source))
         if known == digest:
-            return {"source": source, "status": "unchanged", "chunks": self._read(
-                lambda catalog: len(catalog.documents[source].chunk_ids))}
+            return {"source": source, "status": "unchanged", "chunks": chunks}
         extracted = extract(source, data, self.policy.max_bytes)
         count = self._record(source, digest, extracted.kind, len(data), extracted.text, progress)
         return {"source": source, "status": "replaced" if known else "added", "chunks": count}
@@ -169,7 +168,7 @@ class MemoryService:
             return {"documents": len(catalog.documents), "chunks": len(catalog.chunks),
                     "vectors": sum(s.count for s in catalog.segments.values()),
                     "vector_search": self.vectors.method, "embedded_chunks_this_process": self.embedded_chunks,
-                    "lexical_words": len(catalog.lexicon.words())}
+                    "lexical_words": catalog.lexicon.wordCount()}
         return self._read(count)
 
     def forget(self, source: str) -> dict:
@@ -229,14 +228,7 @@ class MemoryService:
         return self._connection.root()[ROOT_KEY]
 
     def _read(self, fn: Callable[[Catalog], Any]) -> Any:
-        manager = transaction.TransactionManager(explicit=True)
-        connection = self.db.open(transaction_manager=manager)
-        manager.begin()
-        try:
-            return fn(connection.root()[ROOT_KEY])
-        finally:
-            manager.abort()
-            connection.close()
+        return read_root(self.db, lambda root: fn(root[ROOT_KEY]))
 
     def _weave_forever(self) -> None:
         while True:
@@ -257,9 +249,9 @@ class MemoryService:
             self._connection.close()
 
 
-def _digest_of(catalog: Catalog, source: str) -> str | None:
+def _digest_and_chunks(catalog: Catalog, source: str) -> tuple[str | None, int]:
     document: Document | None = catalog.documents.get(source)
-    return document.digest if document is not None else None
+    return (document.digest, len(document.chunk_ids)) if document is not None else (None, 0)
 
 
 def _checked_source(source: Any) -> str:

@@ -63,7 +63,7 @@ from persistent.list import PersistentList
 from batos.errors import BatosError
 from batos.image.objects import Method, UvmObject, oid_text, parents_of
 from batos.image.protection import mark_kernel
-from batos.image.transactions import run_in_transaction
+from batos.image.transactions import read_root, run_in_transaction
 from batos.image.values import ValueTooLarge, to_plain
 from batos.image.genesis import PSM_STATES as STATES  # noqa: F401  (the states, for readers of this module)
 from batos.llm.generation import BackendError, Message
@@ -569,14 +569,7 @@ class CycleRunner:
     def read(self, fn: Callable[[Any], Any]) -> Any:
         """``fn(root)`` in a read-only transaction of a connection of its own (never waits for a
         running cycle)."""
-        manager = transaction.TransactionManager(explicit=True)
-        connection = self.db.open(transaction_manager=manager)
-        manager.begin()
-        try:
-            return fn(connection.root())
-        finally:
-            manager.abort()
-            connection.close()
+        return read_root(self.db, fn)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
