@@ -48,3 +48,48 @@ def test_eight_clients_two_hundred_increments_each(image_path):
         assert stats["messages"]["send"] == CLIENTS * EACH
     finally:
         assert srv.stop() == 0
+
+
+def test_a_writer_that_conflicted_retries_alone_so_few_attempts_suffice(tmp_path):
+    """Eight threads, each adding 1 to one shared counter 60 times with only 4 attempts allowed:
+    without the retry gate a loser keeps losing to the busy ones and gives up."""
+    import transaction
+    import ZODB
+    import ZODB.FileStorage
+    from persistent.mapping import PersistentMapping
+
+    from batos.image.transactions import RetryPolicy, run_in_transaction
+
+    db = ZODB.DB(ZODB.FileStorage.FileStorage(str(tmp_path / "counter.fs")))
+    with db.transaction() as conn:
+        conn.root()["box"] = PersistentMapping(n=0)
+    policy = RetryPolicy(max_attempts=4)
+    conflicts: list[int] = []
+    errors: list[BaseException] = []
+
+    def add(root) -> None:
+        root["box"]["n"] += 1
+
+    def writer() -> None:
+        manager = transaction.TransactionManager(explicit=True)
+        conn = db.open(transaction_manager=manager)
+        try:
+            for _ in range(60):
+                run_in_transaction(manager, lambda: add(conn.root()), policy, on_conflict=lambda: conflicts.append(1))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert not errors
+        assert conflicts, "the threads never contended: the test shows nothing"
+        with db.transaction() as conn:
+            assert conn.root()["box"]["n"] == 8 * 60
+    finally:
+        db.close()
