@@ -8,7 +8,8 @@
     vectors (clustered), written in batches of 1,000 chunks per transaction: search cost does not
     depend on what the vectors mean. The query embedding is included in vector and hybrid times.
 (d) image size per 10k chunks (FileStorage file plus blob folder).
-(c) retrieval quality on the labelled set (tests/retrieval_set.py): recall@5 and MRR@10.
+(c) retrieval quality on the labelled set (tests/retrieval_set.py): recall@5 and MRR@10, over
+    the whole set and over each of its kinds (plain questions, identifiers).
 
 Run: .venv/bin/python bench/memory.py [--parts ingest,search,quality] [--sizes 10000,100000]
 """
@@ -32,14 +33,14 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import transaction  # noqa: E402
 import ZODB  # noqa: E402
-from ZODB.FileStorage import FileStorage  # noqa: E402
 
+from batos.image.genesis import open_image  # noqa: E402
 from batos.llm.embeddings import Embedder  # noqa: E402
-from batos.memory.catalog import ROOT_KEY, install_catalog  # noqa: E402
+from batos.memory.catalog import KNOWLEDGE_CATALOG, ROOT_KEY  # noqa: E402
 from batos.memory.chunking import Chunk, chunk_text  # noqa: E402
 from batos.memory.extract import extract  # noqa: E402
 from batos.memory.service import MemoryService  # noqa: E402
-from retrieval_set import evaluate, write_documents  # noqa: E402
+from retrieval_set import KINDS, evaluate, write_documents  # noqa: E402
 
 QUERIES = ["how are replies routed back to clients", "blob storage of model weights", "kill during a commit",
            "summary of the knowledge weaver", "retry with exponential backoff", "lexical index okapi",
@@ -52,10 +53,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def open_db(folder: str) -> ZODB.DB:
-    db = ZODB.DB(FileStorage(os.path.join(folder, "image.fs"), blob_dir=os.path.join(folder, "image.fs.blob")))
-    with db.transaction() as connection:
-        install_catalog(connection.root())
-    return db
+    """An image in ``folder`` opened as the UVM opens one (its storage, blob folder and caches)."""
+    return open_image(os.path.join(folder, "image.fs"), furnishings=(KNOWLEDGE_CATALOG,)).db
 
 
 def folder_bytes(folder: str) -> int:
@@ -130,7 +129,10 @@ def search_figures(embedder: Embedder, sizes: list[int], queries_per_mode: int) 
                     t = time.perf_counter()
                     memory.search(query, 5, mode)
                     times.append((time.perf_counter() - t) * 1000)
-                row[mode] = {"p50_ms": round(percentile(times, 0.5), 2), "p99_ms": round(percentile(times, 0.99), 2)}
+                half = len(queries) - len(vocabulary_queries)
+                row[mode] = {"p50_ms": round(percentile(times, 0.5), 2), "p99_ms": round(percentile(times, 0.99), 2),
+                             "p50_ms_questions": round(percentile(times[:half], 0.5), 2),
+                             "p50_ms_vocabulary": round(percentile(times[half:], 0.5), 2)}
             memory.close()
             db.close()
         rows.append(row)
@@ -145,10 +147,13 @@ def quality_figures(embedder: Embedder) -> dict:
         memory = MemoryService(db, embedder)
         for path in paths.values():
             memory.ingest(str(path), path.read_bytes())
-        scores = evaluate(lambda q, mode: memory.search(q, 30, mode), paths)
+        figures = {}
+        for kind in (None, *KINDS):
+            scores = evaluate(lambda q, mode: memory.search(q, 30, mode), paths, kind)
+            figures[kind or "all"] = {mode: {k: round(v, 3) for k, v in s.items()} for mode, s in scores.items()}
         memory.close()
         db.close()
-    return {mode: {k: round(v, 3) for k, v in s.items()} for mode, s in scores.items()}
+    return figures
 
 
 def main() -> None:

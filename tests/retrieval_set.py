@@ -1,7 +1,9 @@
 """A labelled retrieval set made on this machine: one document per standard-library module (its
 docstring and its public names' docstrings, as Markdown) and questions in
-``bench/retrieval_questions.jsonl``, each labelled with the module that answers it. Nothing is
-downloaded. Used by tests/test_memory_quality.py and bench/memory.py."""
+``bench/retrieval_questions.jsonl``, each labelled with the module that answers it and with its
+kind: ``question`` (said in plain words, as a user asks) or ``identifier`` (names a user remembers
+from the text, as a developer searches). Nothing is downloaded. Used by
+tests/test_memory_quality.py and bench/memory.py."""
 
 from __future__ import annotations
 
@@ -16,8 +18,13 @@ MAX_WORDS = 1500
 MODES = ("lexical", "vector", "hybrid")
 
 
-def questions() -> list[dict]:
-    return [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
+KINDS = ("question", "identifier")
+
+
+def questions(kind: str | None = None) -> list[dict]:
+    """The labelled set, or the part of it of one kind."""
+    every = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
+    return [q for q in every if kind is None or q["kind"] == kind]
 
 
 def module_document(name: str) -> str:
@@ -50,13 +57,14 @@ def write_documents(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def evaluate(search: Callable[[str, str], list[dict]], paths: dict[str, Path]) -> dict[str, dict[str, float]]:
-    """recall@5 and MRR@10 per mode, at the document level; ``search(question, mode)`` gives
-    hits best first (at least 10)."""
+def evaluate(search: Callable[[str, str], list[dict]], paths: dict[str, Path],
+             kind: str | None = None) -> dict[str, dict[str, float]]:
+    """recall@5 and MRR@10 per mode, at the document level, over the set or its part of one
+    ``kind``; ``search(question, mode)`` gives hits best first (at least 10)."""
     scores = {}
     for mode in MODES:
         recall, reciprocal = [], []
-        for item in questions():
+        for item in questions(kind):
             sources = list(dict.fromkeys(hit["source"] for hit in search(item["question"], mode)))
             wanted = str(paths[item["module"]])
             rank = sources.index(wanted) + 1 if wanted in sources else None

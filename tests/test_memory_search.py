@@ -1,10 +1,13 @@
-"""The vector index's two paths and the fusion, on real MiniLM embeddings (no server)."""
+"""The vector index's two paths, the lexical index's two ways of matching, and the fusion, on real
+MiniLM embeddings (no server)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from batos.llm.embeddings import Embedder
+from batos.memory.catalog import Catalog
+from batos.memory.chunking import Chunk
 from batos.memory.search import VectorIndex, maximal_marginal_relevance, reciprocal_rank_fusion
 
 SENTENCES = [f"{subject} {verb} {thing}." for subject in ("The bridge", "A persona", "The sandbox", "Memory")
@@ -36,3 +39,37 @@ def test_fusion_rewards_agreement_and_mmr_drops_a_near_duplicate():
     vectors = {1: same, 2: same, 3: np.array([0.0, 1.0], dtype=np.float32)}
     picked = maximal_marginal_relevance([(1, 0.05), (2, 0.049), (3, 0.04)], vectors, 2)
     assert [chunk for chunk, _ in picked] == [1, 3]
+
+
+def test_the_lexical_side_of_hybrid_counts_only_chunks_holding_every_query_word():
+    catalog = Catalog()
+    texts = ["heappushpop pushes then pops the heap", "pops an item from the heap", "pushes an item"]
+    chunks = [Chunk(text, "", 0, "prose") for text in texts]
+    catalog.add("/notes.md", "d1", "markdown", 1, chunks, np.zeros((3, 384), dtype=np.float32))
+    first = catalog.documents["/notes.md"].chunk_ids[0]
+    any_word = [chunk for chunk, _ in catalog.lexical_search("pops the heap", 10)]
+    assert len(any_word) == 2
+    assert [c for c, _ in catalog.lexical_search("pops the heap", 10, every_word=True)] == any_word  # "the": a stop word
+    assert [c for c, _ in catalog.lexical_search("pushes pops", 10, every_word=True)] == [first]
+    assert catalog.lexical_search("pops the heap quietly", 10, every_word=True) == []  # "quietly": no chunk
+    assert len(catalog.lexical_search("pops the heap quietly", 10)) == 2
+    catalog.forget("/notes.md")  # the lexicon still knows the words; no chunk holds them
+    assert catalog.lexical_search("pops the heap", 10, every_word=True) == []
+
+
+def test_the_every_word_scores_are_okapi_bm25s_own():
+    """Scoring only the chunks that hold every word gives what zope.index's OkapiIndex gives for
+    them (its own scores, intersected), on enough chunks that postings become BTrees."""
+    from zope.index.text.setops import mass_weightedIntersection
+
+    rng = np.random.default_rng(1)
+    vocabulary = [f"w{n}" for n in range(40)]
+    texts = [" ".join(rng.choice(vocabulary, size=rng.integers(5, 30))) for _ in range(400)]
+    catalog = Catalog()
+    catalog.add("/many.md", "d", "markdown", 1, [Chunk(t, "", 0, "prose") for t in texts],
+                np.zeros((len(texts), 384), dtype=np.float32))
+    for query in ("w1 w2", "w0 w5 w9", "w3"):
+        ours = dict(catalog.lexical_search(query, 1000, every_word=True))
+        theirs = mass_weightedIntersection([(catalog.lexical.search(w), 1) for w in query.split()])
+        assert ours and set(ours) == set(theirs.keys())
+        assert all(abs(ours[c] - theirs[c]) < 1e-4 * max(1.0, theirs[c]) for c in ours)

@@ -19,9 +19,11 @@ from typing import Iterable
 
 import numpy as np
 import persistent
+from BTrees.IIBTree import IIBTree, IISet, intersection
 from BTrees.IOBTree import IOBTree
 from BTrees.OOBTree import OOBTree
 from ZODB.blob import Blob
+from zope.index.text.baseindex import inverse_doc_frequency
 from zope.index.text.lexicon import CaseNormalizer, Lexicon, Splitter, StopWordRemover
 from zope.index.text.okapiindex import OkapiIndex
 from zope.index.text.setops import mass_weightedUnion
@@ -128,14 +130,18 @@ class Catalog(persistent.Persistent):
 
     # --- reading ----------------------------------------------------------------------------------
 
-    def lexical_search(self, query: str, limit: int) -> list[tuple[int, float]]:
-        """Chunk ids by BM25 score, any query word counting (not all required)."""
-        found = [(hits, 1) for hits in map(self.lexical.search, set(_SPLITTER.process([query]))) if hits]
-        if not found:
-            return []
-        merged = mass_weightedUnion(found)
-        ids = np.fromiter(merged.keys(), dtype=np.int64, count=len(merged))
-        scores = np.fromiter(merged.values(), dtype=np.float32, count=len(merged))
+    def lexical_search(self, query: str, limit: int, every_word: bool = False) -> list[tuple[int, float]]:
+        """Chunk ids by BM25 score: the chunks holding any of the query's words, or with
+        ``every_word`` only those holding all of them (stop words aside; a word no chunk holds
+        then leaves nothing)."""
+        words = set(_SPLITTER.process([query]))
+        if every_word:
+            ids, scores = _bm25_of_chunks_holding_all(self.lexical, words)
+        else:
+            found = [(hits, 1) for hits in map(self.lexical.search, words) if hits]
+            merged = mass_weightedUnion(found) if found else {}
+            ids = np.fromiter(merged.keys(), dtype=np.int64, count=len(merged))
+            scores = np.fromiter(merged.values(), dtype=np.float32, count=len(merged))
         limit = min(limit, len(ids))
         if limit <= 0:
             return []
@@ -156,6 +162,34 @@ class Catalog(persistent.Persistent):
 
     def sources(self) -> Iterable[str]:
         return self.documents.keys()
+
+
+def _bm25_of_chunks_holding_all(index: OkapiIndex, words: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and Okapi BM25 scores (OkapiIndex's own formula and constants) of the chunks that
+    hold every one of ``words`` (stop words left out; an unknown word leaves no chunk). Only those
+    chunks are scored: OkapiIndex.search scores every posting of a word, ~150 ms at 100,000 chunks
+    for a frequent one, before any intersection."""
+    nothing = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    wids = {wid for word in words for wid in index._lexicon.termToWordIds(word)}
+    # only stop words, or a word no chunk holds (never seen: 0; its chunks all forgotten: no postings)
+    if not wids or not all(wid in index._wordinfo for wid in wids):
+        return nothing
+    postings = sorted((index._wordinfo[wid] for wid in wids), key=len)
+    common = IISet(postings[0].keys())
+    for posting in postings[1:]:
+        common = intersection(common, posting if isinstance(posting, IIBTree) else IISet(posting.keys()))
+        if not common:
+            return nothing
+    ids = np.fromiter(common, dtype=np.int64, count=len(common))
+    count = float(index.documentCount())
+    lengths = np.fromiter((index._docweight[i] for i in common), dtype=np.float64, count=len(ids))
+    length_weight = (1.0 - index.B) + index.B * lengths / (index._totaldoclen() / count)
+    scores = np.zeros(len(ids))
+    for posting in postings:
+        frequency = np.fromiter((posting[i] for i in common), dtype=np.float64, count=len(ids))
+        scores += (frequency * (index.K1 + 1.0) / (frequency + index.K1 * length_weight)
+                   * inverse_doc_frequency(len(posting), count))
+    return ids, scores.astype(np.float32)
 
 
 def install_catalog(root) -> None:

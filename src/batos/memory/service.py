@@ -90,7 +90,7 @@ class MemoryService:
         """What memory holds on ``question``: hits from ingested documents (``part="documents"``)
         or from past conversation turns (``"turns"``), hybrid-ranked, each at least
         MIN_RECALL_SIMILARITY from the question, so an unrelated chunk is never offered."""
-        vector = self.embedder.encode([question])[0]  # once, for both rankings
+        vector = self.embedder.encode_query(question)  # once, for both rankings
         close = {h["chunk"]: h["score"] for h in self.search(question, RECALL_POOL, "vector", query_vector=vector)}
         wanted = (lambda s: s.startswith(TURN_PREFIX)) if part == "turns" else (lambda s: not s.startswith(TURN_PREFIX))
         return [h for h in self.search(question, RECALL_POOL, "hybrid", query_vector=vector)
@@ -123,15 +123,15 @@ class MemoryService:
             raise BadRequest(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise BadRequest(f"k must be a whole number from 1 to {MAX_K}")
-        if query_vector is None and mode != "lexical":
-            query_vector = self.embedder.encode([query])[0]
+        pending = self.embedder.submit_query(query) if query_vector is None and mode != "lexical" else None
 
         def rank(catalog: Catalog) -> list[dict]:
-            lexical = catalog.lexical_search(query, CANDIDATES) if mode != "vector" else []
+            # the lexical side runs while the query is embedded on the embedder's thread
+            lexical = catalog.lexical_search(query, CANDIDATES, every_word=mode == "hybrid") if mode != "vector" else []
             vector: list[tuple[int, float]] = []
-            if query_vector is not None and mode != "lexical":
+            if mode != "lexical":
                 self.vectors.refresh(catalog.version, catalog.all_vectors)
-                vector = self.vectors.search(query_vector, CANDIDATES)
+                vector = self.vectors.search(query_vector if pending is None else pending.result(), CANDIDATES)
             ranked = {"lexical": lexical, "vector": vector}.get(mode) or reciprocal_rank_fusion(lexical, vector)
             if diverse:
                 found = {c: v for c, _ in ranked if (v := self.vectors.vector_of(c)) is not None}

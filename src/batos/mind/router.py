@@ -69,7 +69,7 @@ class Router:
         """Each archetype's score for ``question`` (mean of its best TOP_K similarities)."""
         exemplars = self.exemplars()
         self._embed_new([e.text for e in exemplars])
-        query = self.embedder.encode([question])[0]
+        query = self.embedder.encode_query(question)
         scores = {}
         for archetype in ARCHETYPES:
             rows = [self._vectors[e.text] for e in exemplars if e.archetype == archetype]
