@@ -10,8 +10,10 @@
 (d) image size per 10k chunks (FileStorage file plus blob folder).
 (c) retrieval quality on the labelled set (tests/retrieval_set.py): recall@5 and MRR@10, over
     the whole set and over each of its kinds (plain questions, identifiers).
+(e) the message path during ingestion: ``get`` round trips to a real UVM while another client
+    ingests, against the same round trips idle.
 
-Run: .venv/bin/python bench/memory.py [--parts ingest,search,quality] [--sizes 10000,100000]
+Run: .venv/bin/python bench/memory.py [--parts ingest,search,quality,path] [--sizes 10000,100000]
 """
 
 from __future__ import annotations
@@ -156,9 +158,50 @@ def quality_figures(embedder: Embedder) -> dict:
     return figures
 
 
+def message_path_figures(seconds: float) -> dict:
+    """``get`` round trips to a real UVM, idle and while another client ingests the labelled set's
+    documents: the message path must not wait for ingestion."""
+    import threading
+
+    from conftest import Server
+
+    with tempfile.TemporaryDirectory() as work:
+        paths = write_documents(Path(work) / "docs")
+        server = Server(Path(work) / "image.fs").start()
+        try:
+            with server.client(timeout=600) as client:
+                client.memory_search("warm up", k=1)  # the embedding model, loaded once
+
+                def round_trips() -> list[float]:
+                    times: list[float] = []
+                    end = time.perf_counter() + seconds
+                    while time.perf_counter() < end:
+                        t = time.perf_counter()
+                        client.get("genesis_obj", "name")
+                        times.append((time.perf_counter() - t) * 1000)
+                    return times
+
+                round_trips()  # warm up
+                idle = round_trips()
+                with server.client(timeout=600) as ingesting:
+                    worker = threading.Thread(target=ingesting.memory_ingest, args=([Path(work) / "docs"],))
+                    worker.start()
+                    time.sleep(1.0)  # the upload is under way and embedding has begun
+                    busy = round_trips()
+                    still_ingesting = worker.is_alive()
+                    worker.join()
+        finally:
+            server.stop()
+    return {"documents": len(paths), "round_trips": len(busy), "idle_p50_ms": round(statistics.median(idle), 2),
+            "idle_p99_ms": round(percentile(idle, 0.99), 2), "ingesting_p50_ms": round(statistics.median(busy), 2),
+            "ingesting_p99_ms": round(percentile(busy, 0.99), 2),
+            "ratio_p50": round(statistics.median(busy) / statistics.median(idle), 2),
+            "ingestion_still_running_at_the_end": still_ingesting}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="ingest,search,quality")
+    parser.add_argument("--parts", default="ingest,search,quality,path")
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--queries", type=int, default=200, help="queries per mode and size")
@@ -176,6 +219,9 @@ def main() -> None:
         print(json.dumps({"quality": figures["quality"]}), flush=True)
     if "search" in parts:
         figures["search"] = search_figures(embedder, [int(s) for s in args.sizes.split(",")], args.queries)
+    if "path" in parts:
+        figures["path"] = message_path_figures(seconds=5.0)
+        print(json.dumps({"path": figures["path"]}), flush=True)
     transaction.abort()
     print(json.dumps(figures, indent=2))
 

@@ -7,7 +7,10 @@ per version and asks it instead (bench/README.md has the measurements behind the
 
 Hybrid ranking is reciprocal rank fusion: a chunk scores ``sum(1 / (RRF_K + rank))`` over the
 rankings it appears in, ``RRF_K = 60`` as in Cormack, Clarke and Büttcher (SIGIR 2009), which
-keeps one ranking's top hit from outweighing agreement between the two.
+keeps one ranking's top hit from outweighing agreement between the two. The lexical ranking it
+fuses is BM25 over the chunks that hold every word of the query (``Catalog.lexical_search`` with
+``every_word``): a partial keyword match is weak evidence next to the vector ranking and, fused
+with equal weight, pulled good vector hits down; an exact one (a name, an identifier) is strong.
 """
 
 from __future__ import annotations
