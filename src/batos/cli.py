@@ -715,7 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
             search.add_argument("query", metavar="QUERY")
             search.add_argument("--k", type=int, default=5, help="how many hits (default 5, at most 100)")
             search.add_argument("--mode", choices=["hybrid", "lexical", "vector"], default="hybrid",
-                                help="hybrid (default) fuses the BM25 and the embedding rankings")
+                                help="hybrid (default) fuses the embedding ranking with BM25 over chunks holding every "
+                                     "word; lexical: BM25 over chunks holding any word; vector: embeddings alone")
             search.add_argument("--diverse", action="store_true", help="drop near-duplicate hits (MMR)")
             show_chunk = actions.add_parser("show", help="a chunk, its document, neighbours, summary and links")
             show_chunk.add_argument("chunk", metavar="CHUNK_ID", type=int)

@@ -26,7 +26,9 @@ class IMemoryService(Interface):
 
     def search(query, k=5, mode="hybrid", diverse=False):
         """Up to ``k`` hits ``{"source", "chunk", "score", "text", "section"}``, best first;
-        ``mode`` is hybrid (reciprocal rank fusion), lexical (BM25) or vector (cosine)."""
+        ``mode`` is hybrid (reciprocal rank fusion of the vector ranking and BM25 over the chunks
+        holding every query word), lexical (BM25 over the chunks holding any of them) or vector
+        (cosine)."""
 
     def recall(question, part, k=3):
         """Hits for the mind: from documents (``part="documents"``) or past turns (``"turns"``),
