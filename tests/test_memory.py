@@ -193,9 +193,14 @@ def test_show_gives_the_chunk_its_neighbours_and_the_woven_summary_and_links(tmp
         assert "Paper wasps" in shown["document"]["summary"]
         assert [link["source"] for link in shown["document"]["links"]] == [str(folder / "bees.md")]
         assert middle["document"]["chunks"] > 2
+        # the older document got a link back (and loses it below, with the newer one)
+        assert [link["source"] for link in middle["document"]["links"]] == [str(folder / "wasps.md")]
         assert middle["previous"] is not None or middle["next"] is not None
         done = run_cli("memory", "show", str(hit["chunk"]), "--endpoint", server.endpoint)
         assert done.returncode == 0 and "summary: Paper wasps" in done.stdout and "bees.md" in done.stdout
+        with server.client() as client:
+            client.call("memory_forget", source=str(folder / "wasps.md"))
+            assert client.call("memory_show", chunk=bees["chunk"])["document"]["links"] == []
     finally:
         server.stop()
 

@@ -118,8 +118,12 @@ class Catalog(persistent.Persistent):
         return document
 
     def forget(self, source: str) -> Document:
-        """Remove a document with its chunks, index entries and vectors; KeyError if unknown."""
+        """Remove a document with its chunks, index entries, vectors and the links to it; KeyError
+        if unknown."""
         document = self.documents.pop(source)
+        for other in self.documents.values():
+            if any(linked == source for linked, _ in other.links):
+                other.links = tuple(link for link in other.links if link[0] != source)
         for chunk_id in document.chunk_ids:
             self.chunks.pop(chunk_id, None)
             if self.lexical.has_doc(chunk_id):

@@ -3,7 +3,8 @@
 Both come from the vectors already stored, with no model call (the model is the bottleneck, and
 a document's own sentences closest to its centre say what it is about better than this size of
 model paraphrases them). The summary is the opening of the chunk nearest the document's mean
-vector; the links are the documents whose mean vectors are closest to it.
+vector; the links are the documents whose mean vectors are closest to it, and an older document
+whose own links are fewer or weaker gets a link back.
 """
 
 from __future__ import annotations
@@ -40,7 +41,19 @@ def weave(catalog: Catalog, source: str) -> None:
         similarity = float(np.frombuffer(other_centre, dtype=np.float32) @ centre)
         if similarity >= MIN_LINK_SIMILARITY:
             links.append((other.source, similarity))
-    document.links = tuple(sorted(links, key=lambda link: -link[1])[:LINKS])
+            _offer_link(other, source, similarity)
+    document.links = _closest(links)
+
+
+def _offer_link(document, source: str, similarity: float) -> None:
+    """Link ``document`` to ``source`` too, if that is among its LINKS closest."""
+    links = _closest([link for link in document.links if link[0] != source] + [(source, similarity)])
+    if links != tuple(document.links):
+        document.links = links
+
+
+def _closest(links: list[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted(links, key=lambda link: -link[1])[:LINKS])
 
 
 def summary_of(text: str) -> str:
