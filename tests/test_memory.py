@@ -153,6 +153,10 @@ def test_bad_input_is_refused_clearly_and_writes_nothing(tmp_path):
             assert code == 1, (name, results)
             assert results[0]["status"] == "refused" and results[0]["code"] == code_expected, (name, results)
             assert words in results[0]["error"], (name, results)
+        with server.client() as client:
+            uploads = client.stats()["messages"].get("upload", 0)
+            assert client.memory_ingest([bad / "huge.txt"])[0]["code"] == "too_large"
+            assert client.stats()["messages"].get("upload", 0) == uploads  # refused before it is sent
         done = run_cli("memory", "ingest", str(tmp_path / "missing.md"), "--endpoint", server.endpoint)
         assert done.returncode == 2 and "no such file or folder" in done.stderr
         with server.client() as client:

@@ -201,9 +201,18 @@ class Client(_Calls):
 
         Returns one ``{"source", "status", ...}`` per file, ``source`` its absolute path; status is
         ``added``, ``replaced``, ``unchanged`` or ``refused`` (with ``code`` and ``error``). A path
-        that does not exist raises FileNotFoundError before anything is sent."""
+        that does not exist raises FileNotFoundError before anything is sent, and a file over the
+        server's limit is refused without being sent."""
+        from batos.memory.extract import kind_of, too_large
+
         results = []
-        for path in memory_files(paths):
+        files = memory_files(paths)
+        limit = self.call("memory_stats")["max_bytes"] if files else 0
+        for path in files:
+            if kind_of(path) and os.path.getsize(path) > limit:  # the server would refuse it after the upload
+                refused = too_large(path, os.path.getsize(path), limit)
+                results.append({"source": path, "status": "refused", "code": refused.code, "error": str(refused)})
+                continue
             try:
                 upload_id = self.upload(path)
                 results.append(self.call("memory_ingest", on_event=on_progress, timeout=max(self.timeout, 1800.0),

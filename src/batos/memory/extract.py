@@ -46,6 +46,11 @@ def kind_of(name: str) -> str | None:
     return None
 
 
+def too_large(name: str, size: int, max_bytes: int) -> TooLarge:
+    """The refusal of a file of ``size`` bytes over the limit."""
+    return TooLarge(f"{name}: {size} bytes is over the limit of {max_bytes} (BATOS_MEMORY_MAX_BYTES)")
+
+
 def extract(name: str, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Extracted:
     """The text of file ``name`` whose content is ``data``; ``Refused`` (or ``TooLarge``) if not taken."""
     kind = kind_of(name)
@@ -53,7 +58,7 @@ def extract(name: str, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Extra
         raise Refused(f"{name}: memory takes text, Markdown, HTML, PDF and source files "
                       f"({', '.join(sorted(ACCEPTED_SUFFIXES))}), not {os.path.splitext(name)[1] or 'files without a suffix'}")
     if len(data) > max_bytes:
-        raise TooLarge(f"{name}: {len(data)} bytes is over the limit of {max_bytes} (BATOS_MEMORY_MAX_BYTES)")
+        raise too_large(name, len(data), max_bytes)
     text = _pdf_text(name, data) if kind == "pdf" else _decoded(name, data)
     if kind == "html":
         text = html_text(text)

@@ -168,7 +168,7 @@ class MemoryService:
             return {"documents": len(catalog.documents), "chunks": len(catalog.chunks),
                     "vectors": sum(s.count for s in catalog.segments.values()),
                     "vector_search": self.vectors.method, "embedded_chunks_this_process": self.embedded_chunks,
-                    "lexical_words": catalog.lexicon.wordCount()}
+                    "lexical_words": catalog.lexicon.wordCount(), "max_bytes": self.policy.max_bytes}
         return self._read(count)
 
     def forget(self, source: str) -> dict:
