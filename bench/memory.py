@@ -12,8 +12,9 @@
     the whole set and over each of its kinds (plain questions, identifiers).
 (e) the message path during ingestion: ``get`` round trips to a real UVM while another client
     ingests, against the same round trips idle.
+(f) the ANN graph against exact search on real embeddings of ~15,000 docstring paragraphs.
 
-Run: .venv/bin/python bench/memory.py [--parts ingest,search,quality,path] [--sizes 10000,100000]
+Run: .venv/bin/python bench/memory.py [--parts ingest,search,quality,path,ann] [--sizes 10000,100000]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from batos.llm.embeddings import Embedder  # noqa: E402
 from batos.memory.catalog import KNOWLEDGE_CATALOG, ROOT_KEY  # noqa: E402
 from batos.memory.chunking import Chunk, chunk_text  # noqa: E402
 from batos.memory.extract import extract  # noqa: E402
+from batos.memory.search import VectorIndex  # noqa: E402
 from batos.memory.service import MemoryService  # noqa: E402
 from retrieval_set import KINDS, evaluate, write_documents  # noqa: E402
 
@@ -199,9 +201,60 @@ def message_path_figures(seconds: float) -> dict:
             "ingestion_still_running_at_the_end": still_ingesting}
 
 
+def docstring_paragraphs() -> list[str]:
+    """Real prose, gathered on this machine: the docstring paragraphs of the standard library's
+    modules' and a few installed packages' public names."""
+    import importlib
+    import inspect
+
+    skipped = {"antigravity", "this", "idlelib", "turtledemo", "tkinter", "turtle"}
+    names = sorted(n for n in sys.stdlib_module_names if not n.startswith("_") and n not in skipped)
+    texts: set[str] = set()
+    for name in [*names, "numpy", "torch", "transformers", "ZODB", "zmq", "BTrees", "pydantic"]:
+        try:
+            module = importlib.import_module(name)
+        except BaseException:  # a module that cannot be imported here is left out
+            continue
+        for attribute in dir(module):
+            value = getattr(module, attribute, None)
+            doc = inspect.getdoc(value) if callable(value) else None
+            for paragraph in (doc or "").split("\n\n"):
+                paragraph = " ".join(paragraph.split())
+                if 60 <= len(paragraph) <= 800:
+                    texts.add(paragraph)
+    return sorted(texts)
+
+
+def ann_figures(embedder: Embedder, queries: int = 200) -> dict:
+    """The usearch graph against exact search on real MiniLM embeddings of real paragraphs:
+    recall@10 (of the exact top 10, how many the graph returns) and p50 latency."""
+    texts = docstring_paragraphs()
+    random.Random(0).shuffle(texts)
+    held_out, indexed = texts[:queries], texts[queries:]
+    vectors = np.concatenate([embedder.encode(indexed[i:i + 256]) for i in range(0, len(indexed), 256)])
+    ids = np.arange(len(indexed))
+    exact, graph = VectorIndex(), VectorIndex(exact_limit=0)
+    started = time.perf_counter()
+    graph.refresh(1, lambda: (ids, vectors))
+    built = time.perf_counter() - started
+    exact.refresh(1, lambda: (ids, vectors))
+    recall, exact_ms, graph_ms = [], [], []
+    for query in embedder.encode(held_out):
+        t = time.perf_counter()
+        truth = {i for i, _ in exact.search(query, 10)}
+        exact_ms.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        found = {i for i, _ in graph.search(query, 10)}
+        graph_ms.append((time.perf_counter() - t) * 1000)
+        recall.append(len(truth & found) / 10)
+    return {"vectors": len(indexed), "queries": len(held_out), "graph_build_seconds": round(built, 1),
+            "recall@10": round(statistics.mean(recall), 3), "worst_recall@10": min(recall),
+            "exact_p50_ms": round(statistics.median(exact_ms), 2), "graph_p50_ms": round(statistics.median(graph_ms), 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="ingest,search,quality,path")
+    parser.add_argument("--parts", default="ingest,search,quality,path,ann")
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--queries", type=int, default=200, help="queries per mode and size")
@@ -219,6 +272,9 @@ def main() -> None:
         print(json.dumps({"quality": figures["quality"]}), flush=True)
     if "search" in parts:
         figures["search"] = search_figures(embedder, [int(s) for s in args.sizes.split(",")], args.queries)
+    if "ann" in parts:
+        figures["ann"] = ann_figures(embedder)
+        print(json.dumps({"ann": figures["ann"]}), flush=True)
     if "path" in parts:
         figures["path"] = message_path_figures(seconds=5.0)
         print(json.dumps({"path": figures["path"]}), flush=True)
