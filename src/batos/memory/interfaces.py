@@ -19,7 +19,8 @@ class IMemoryService(Interface):
     def ingest(source, data, progress=None):
         """Take ``data`` (a file's bytes) into memory as ``source``: ``{"source", "status",
         "chunks"}``, status ``added``, ``replaced`` or ``unchanged``. The knowledge weaver then
-        summarizes and links the document in the background."""
+        summarizes and links the document in the background (and links older documents back to
+        it when it is among their closest)."""
 
     def remember(source, text):
         """Index a finished conversation turn so a persona can recall it."""
@@ -41,7 +42,9 @@ class IMemoryService(Interface):
         """Every document, as ``describe`` gives it."""
 
     def stats():
-        """Counts of documents, chunks, vectors and words, and the vector search method."""
+        """Counts of documents, chunks, vectors and words, the vector search method, and the
+        largest file memory takes (``max_bytes``)."""
 
     def forget(source):
-        """Remove a document with its chunks, index entries and vectors; NotFound if unknown."""
+        """Remove a document with its chunks, index entries, vectors and the other documents'
+        links to it; NotFound if unknown."""
