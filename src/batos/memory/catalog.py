@@ -178,7 +178,8 @@ def _bm25_of_chunks_holding_all(index: OkapiIndex, words: Iterable[str]) -> tupl
     # only stop words, or a word no chunk holds (never seen: 0; its chunks all forgotten: no postings)
     if not wids or not all(wid in index._wordinfo for wid in wids):
         return nothing
-    postings = sorted((index._wordinfo[wid] for wid in wids), key=len)
+    sized = sorted(((len(p), p) for p in map(index._wordinfo.__getitem__, wids)), key=lambda s: s[0])
+    postings = [posting for _, posting in sized]  # rarest first; len() walks a BTree, so once
     common = IISet(postings[0].keys())
     for posting in postings[1:]:
         common = intersection(common, posting if isinstance(posting, IIBTree) else IISet(posting.keys()))
@@ -189,10 +190,10 @@ def _bm25_of_chunks_holding_all(index: OkapiIndex, words: Iterable[str]) -> tupl
     lengths = np.fromiter((index._docweight[i] for i in common), dtype=np.float64, count=len(ids))
     length_weight = (1.0 - index.B) + index.B * lengths / (index._totaldoclen() / count)
     scores = np.zeros(len(ids))
-    for posting in postings:
+    for chunks_holding, posting in sized:
         frequency = np.fromiter((posting[i] for i in common), dtype=np.float64, count=len(ids))
         scores += (frequency * (index.K1 + 1.0) / (frequency + index.K1 * length_weight)
-                   * inverse_doc_frequency(len(posting), count))
+                   * inverse_doc_frequency(chunks_holding, count))
     return ids, scores.astype(np.float32)
 
 
