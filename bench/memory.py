@@ -69,8 +69,7 @@ def ingest_figures(embedder: Embedder, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as work:
         paths = write_documents(Path(work) / "docs")
         files = [(str(p), p.read_bytes()) for p in paths.values()]
-        texts = [f"{c.section}\n{c.text}" if c.section else c.text
-                 for _, data in files for c in chunk_text(extract("x.md", data).text)]
+        texts = [c.headed_text() for _, data in files for c in chunk_text(extract("x.md", data).text)]
         bare, full = [], []
         for repeat in range(repeats):
             started = time.perf_counter()

@@ -288,6 +288,16 @@ def test_ask_grounds_babs_in_an_ingested_document_and_robin_in_past_turns(tmp_pa
             later = client.ask("How did you feel about the blob storage answer earlier?", persona="ROBIN", depth="direct")
             robin = later["turns"][0]
             assert robin["sources"] and robin["sources"][0].startswith(f"conversation:{answer['conversation']}/0/")
+            # a partner is never shown the turns of the exchange she answers in (BRICK's, just indexed)
+            ScriptedMind.answers["reply"] = [
+                "Run the blob storage C extension under gdb to see where the segfault happens when it maps the blob.",
+                "A crashing extension is tiring; debugging the segfault one small step at a time will get you there."]
+            third = client.ask("My blob storage C extension segfaults when it maps image.fs.blob; how do I debug it?",
+                               depth="direct")
+            assert [t["persona"] for t in third["turns"]][:2] == ["BRICK", "ROBIN"], third["turns"]
+            this_exchange = f"conversation:{third['conversation']}/0/"
+            assert not [s for s in third["turns"][1]["sources"] if s.startswith(this_exchange)]
+            assert third["turns"][1]["sources"], "ROBIN recalled nothing: the test shows nothing"
     finally:
         server.stop()
 

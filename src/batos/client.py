@@ -209,8 +209,8 @@ class Client(_Calls):
         files = memory_files(paths)
         limit = self.call("memory_stats")["max_bytes"] if files else 0
         for path in files:
-            if kind_of(path) and os.path.getsize(path) > limit:  # the server would refuse it after the upload
-                refused = too_large(path, os.path.getsize(path), limit)
+            if kind_of(path) and (size := os.path.getsize(path)) > limit:  # the server would refuse it after the upload
+                refused = too_large(path, size, limit)
                 results.append({"source": path, "status": "refused", "code": refused.code, "error": str(refused)})
                 continue
             try:

@@ -29,6 +29,7 @@ from zope.index.text.okapiindex import OkapiIndex
 from zope.index.text.setops import mass_weightedUnion
 
 from batos.image.genesis import Furnishing
+from batos.llm.embeddings import DIMENSIONS
 from batos.memory.chunking import Chunk
 
 ROOT_KEY = "knowledge_catalog"
@@ -45,9 +46,6 @@ class ChunkRecord(persistent.Persistent):
         self.start = chunk.start
         self.kind = chunk.kind
 
-    def indexed_text(self) -> str:
-        """What the indexes see: the section's headings, then the text."""
-        return f"{self.section}\n{self.text}" if self.section else self.text
 
 
 class Document(persistent.Persistent):
@@ -108,7 +106,7 @@ class Catalog(persistent.Persistent):
         for position, (chunk_id, chunk) in enumerate(zip(ids, chunks)):
             record = ChunkRecord(chunk_id, source, position, chunk)
             self.chunks[chunk_id] = record
-            self.lexical.index_doc(chunk_id, record.indexed_text())
+            self.lexical.index_doc(chunk_id, chunk.headed_text())
         segment_id = self.next_segment
         self.next_segment += 1
         self.segments[segment_id] = VectorSegment(segment_id, np.array(ids), vectors)
@@ -157,12 +155,12 @@ class Catalog(persistent.Persistent):
         """Every stored (ids, vectors), in segment order."""
         loaded = [segment.load() for segment in self.segments.values()]
         if not loaded:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, 384), dtype=np.float32)
+            return np.zeros(0, dtype=np.int64), np.zeros((0, DIMENSIONS), dtype=np.float32)
         return np.concatenate([ids for ids, _ in loaded]), np.concatenate([v for _, v in loaded])
 
     def document_vectors(self, document: Document) -> np.ndarray:
         segment = self.segments.get(document.segment)
-        return segment.load()[1] if segment is not None else np.zeros((0, 384), dtype=np.float32)
+        return segment.load()[1] if segment is not None else np.zeros((0, DIMENSIONS), dtype=np.float32)
 
     def sources(self) -> Iterable[str]:
         return self.documents.keys()

@@ -33,6 +33,10 @@ class Chunk:
     start: int  # offset in the document of the paragraph or code block its own text begins in
     kind: str  # prose or code
 
+    def headed_text(self) -> str:
+        """What the indexes see, lexical and vector alike: the section's headings, then the text."""
+        return f"{self.section}\n{self.text}" if self.section else self.text
+
 
 def blocks(text: str) -> list[Block]:
     """The document as headings, paragraphs and fenced code blocks, in order."""

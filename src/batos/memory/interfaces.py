@@ -31,9 +31,10 @@ class IMemoryService(Interface):
         holding every query word), lexical (BM25 over the chunks holding any of them) or vector
         (cosine)."""
 
-    def recall(question, part, k=3):
+    def recall(question, part, k=3, excluding=""):
         """Hits for the mind: from documents (``part="documents"``) or past turns (``"turns"``),
-        only those close enough to the question to help."""
+        only those close enough to the question to help, and none whose source starts with
+        ``excluding``."""
 
     def show(chunk_id):
         """A chunk with its document (summary, links), and the ids of its neighbours."""

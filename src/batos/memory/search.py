@@ -20,6 +20,8 @@ from typing import Callable
 
 import numpy as np
 
+from batos.llm.embeddings import DIMENSIONS
+
 RRF_K = 60
 EXACT_LIMIT = 250_000
 CANDIDATES = 50  # from each side, before fusion
@@ -33,7 +35,7 @@ class VectorIndex:
         self._lock = threading.Lock()
         self._version: object = None
         self._ids = np.zeros(0, dtype=np.int64)
-        self._vectors = np.zeros((0, 384), dtype=np.float32)
+        self._vectors = np.zeros((0, DIMENSIONS), dtype=np.float32)
         self._graph = None
         self.loads = 0
 

@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from batos.errors import BadRequest, NotFound
 from batos.image.transactions import read_root, run_in_transaction
+from batos.llm.embeddings import DIMENSIONS
 from batos.memory.catalog import ROOT_KEY, Catalog, Document
 from batos.memory.chunking import chunk_text
 from batos.memory.extract import DEFAULT_MAX_BYTES, extract
@@ -86,20 +87,21 @@ class MemoryService:
             data = text.encode()
             self._record(source, hashlib.sha256(data).hexdigest(), "turn", len(data), text, None)
 
-    def recall(self, question: str, part: str, k: int = 3) -> list[dict]:
+    def recall(self, question: str, part: str, k: int = 3, excluding: str = "") -> list[dict]:
         """What memory holds on ``question``: hits from ingested documents (``part="documents"``)
         or from past conversation turns (``"turns"``), hybrid-ranked, each at least
-        MIN_RECALL_SIMILARITY from the question, so an unrelated chunk is never offered."""
-        vector = self.embedder.encode_query(question)  # once, for both rankings
-        close = {h["chunk"]: h["score"] for h in self.search(question, RECALL_POOL, "vector", query_vector=vector)}
-        wanted = (lambda s: s.startswith(TURN_PREFIX)) if part == "turns" else (lambda s: not s.startswith(TURN_PREFIX))
-        return [h for h in self.search(question, RECALL_POOL, "hybrid", query_vector=vector)
-                if wanted(h["source"]) and close.get(h["chunk"], 0.0) >= MIN_RECALL_SIMILARITY][:k]
+        MIN_RECALL_SIMILARITY from the question, so an unrelated chunk is never offered; none
+        whose source starts with ``excluding`` (when given)."""
+        def wanted(source: str) -> bool:
+            return (source.startswith(TURN_PREFIX) == (part == "turns")
+                    and not (excluding and source.startswith(excluding)))
+        hits, similarity = self._ranked(question, RECALL_POOL, "hybrid")
+        return [h for h in hits if wanted(h["source"]) and similarity.get(h["chunk"], 0.0) >= MIN_RECALL_SIMILARITY][:k]
 
     def _record(self, source: str, digest: str, kind: str, size: int, text: str, progress: Progress | None) -> int:
         """Chunk, embed and store one document in one transaction; its chunk count."""
         chunks = chunk_text(text, self.policy.chunk_words, self.policy.overlap_words)
-        texts = [f"{c.section}\n{c.text}" if c.section else c.text for c in chunks]
+        texts = [c.headed_text() for c in chunks]
         vectors = self._embed(texts, source, progress)
         with self._write_lock:
             document = run_in_transaction(self._manager, lambda: self._catalog().add(
@@ -111,10 +113,8 @@ class MemoryService:
                 self._weaving.put_nowait(source)
         return count
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid", diverse: bool = False,
-               query_vector: np.ndarray | None = None) -> list[dict]:
-        """Hits ``{"source", "chunk", "score", "text", "section"}``, best first (``query_vector``:
-        the query's embedding, when the caller already has it)."""
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", diverse: bool = False) -> list[dict]:
+        """Hits ``{"source", "chunk", "score", "text", "section"}``, best first."""
         if not isinstance(query, str) or not query.strip():
             raise BadRequest("the query is empty")
         if len(query) > MAX_QUERY_CHARS:
@@ -123,29 +123,7 @@ class MemoryService:
             raise BadRequest(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise BadRequest(f"k must be a whole number from 1 to {MAX_K}")
-        pending = self.embedder.submit_query(query) if query_vector is None and mode != "lexical" else None
-
-        def rank(catalog: Catalog) -> list[dict]:
-            # the lexical side runs while the query is embedded on the embedder's thread
-            lexical = catalog.lexical_search(query, CANDIDATES, every_word=mode == "hybrid") if mode != "vector" else []
-            vector: list[tuple[int, float]] = []
-            if mode != "lexical":
-                self.vectors.refresh(catalog.version, catalog.all_vectors)
-                vector = self.vectors.search(query_vector if pending is None else pending.result(), CANDIDATES)
-            ranked = {"lexical": lexical, "vector": vector}.get(mode) or reciprocal_rank_fusion(lexical, vector)
-            if diverse:
-                found = {c: v for c, _ in ranked if (v := self.vectors.vector_of(c)) is not None}
-                ranked = maximal_marginal_relevance(ranked, found, k)
-            hits = []
-            for chunk_id, score in ranked:
-                record = catalog.chunks.get(chunk_id)
-                if record is not None:
-                    hits.append({"source": record.source, "chunk": chunk_id, "score": round(score, 6),
-                                 "text": record.text, "section": record.section})
-                if len(hits) == k:
-                    break
-            return hits
-        return self._read(rank)
+        return self._ranked(query, k, mode, diverse)[0]
 
     def show(self, chunk_id: int) -> dict:
         def find(catalog: Catalog) -> dict:
@@ -214,6 +192,32 @@ class MemoryService:
 
     # --- inside -----------------------------------------------------------------------------------
 
+    def _ranked(self, query: str, k: int, mode: str, diverse: bool = False) -> tuple[list[dict], dict[int, float]]:
+        """The top ``k`` hits, and the cosine similarity of the vector side's candidates."""
+        pending = self.embedder.submit_query(query) if mode != "lexical" else None
+
+        def rank(catalog: Catalog) -> tuple[list[dict], dict[int, float]]:
+            # the lexical side runs while the query is embedded on the embedder's thread
+            lexical = catalog.lexical_search(query, CANDIDATES, every_word=mode == "hybrid") if mode != "vector" else []
+            vector: list[tuple[int, float]] = []
+            if pending is not None:
+                self.vectors.refresh(catalog.version, catalog.all_vectors)
+                vector = self.vectors.search(pending.result(), CANDIDATES)
+            ranked = {"lexical": lexical, "vector": vector}.get(mode) or reciprocal_rank_fusion(lexical, vector)
+            if diverse:
+                found = {c: v for c, _ in ranked if (v := self.vectors.vector_of(c)) is not None}
+                ranked = maximal_marginal_relevance(ranked, found, k)
+            hits = []
+            for chunk_id, score in ranked:
+                record = catalog.chunks.get(chunk_id)
+                if record is not None:
+                    hits.append({"source": record.source, "chunk": chunk_id, "score": round(score, 6),
+                                 "text": record.text, "section": record.section})
+                if len(hits) == k:
+                    break
+            return hits, dict(vector)
+        return self._read(rank)
+
     def _embed(self, texts: list[str], source: str, progress: Progress | None) -> np.ndarray:
         step = max(self.embedder.batch_size * 4, 1)
         parts = []
@@ -222,7 +226,7 @@ class MemoryService:
             if progress:
                 progress({"progress": {"what": f"embedding {os.path.basename(source)}",
                                        "done": min(start + step, len(texts)), "total": len(texts)}})
-        return np.concatenate(parts) if parts else np.zeros((0, 384), dtype=np.float32)
+        return np.concatenate(parts) if parts else np.zeros((0, DIMENSIONS), dtype=np.float32)
 
     def _catalog(self) -> Catalog:
         return self._connection.root()[ROOT_KEY]

@@ -83,7 +83,7 @@ def persona_codex(persona: UvmObject) -> dict[str, Any]:
             "facets": facets}
 
 
-Recall = Callable[[str, str], list[dict[str, Any]]]  # (question, "documents" | "turns") -> memory hits
+Recall = Callable[..., list[dict[str, Any]]]  # (question, "documents" | "turns", excluding=prefix) -> hits
 GROUNDED = {"BABS": "documents", "ROBIN": "turns"}  # who looks in memory, and in which part
 GROUNDING_HITS = 3
 MAX_GROUNDING_CHARS = 600
@@ -141,24 +141,24 @@ class SynapticCycle:
         """Recall what memory holds for the question (BABS from documents, ROBIN from past turns)."""
         question, persona, this_exchange = self.runner.read_cycle(cycle_id, lambda c: (
             c._slots["question"], c._slots["persona"], turn_source_prefix(c)))
-        # the turns of this very exchange are not memory: shown an answer, a small model copies it
-        grounding = [g for g in self._grounding(question, persona) if not g["source"].startswith(this_exchange)]
+        grounding = self._grounding(question, persona, this_exchange)
 
         def record(root, cycle):
             cycle._slots["grounding"] = grounding
             self.runner.move(root, cycle, "DECOMPOSING")
         self.runner.change(cycle_id, record)
 
-    def _grounding(self, question: str, persona: str) -> list[dict[str, Any]]:
+    def _grounding(self, question: str, persona: str, this_exchange: str) -> list[dict[str, Any]]:
         if self.recall is None or persona not in GROUNDED:
             return []
         try:
-            hits = self.recall(question, GROUNDED[persona])
+            # the turns of this very exchange are not memory: shown an answer, a small model copies it
+            hits = self.recall(question, GROUNDED[persona], excluding=this_exchange)
         except Exception:  # memory is help, not a condition: an answer without it still comes
             log.exception("recalling memory for %s failed", persona)
             return []
         return [{"source": h["source"], "chunk": h["chunk"], "text": h["text"][:MAX_GROUNDING_CHARS]}
-                for h in hits if h.get("score", 1) >= 0][:GROUNDING_HITS]
+                for h in hits[:GROUNDING_HITS]]
 
     def plan(self, cycle_id: str) -> None:
         job = self.runner.read_cycle(cycle_id, self._job)
