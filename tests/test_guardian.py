@@ -83,6 +83,11 @@ REFUSED = {
     "except BaseException": ("def f(self):\n    try:\n        return 1\n    except BaseException:\n        return 2\n", SecurityViolation),
     "type builtin": ("def f(self):\n    return type('X', (), {})\n", SecurityViolation),
     "async": ("async def f(self):\n    return 1\n", GuardianError),
+    "getattr of a frame attribute by a literal name": ("def f(self):\n    g = (x for x in [1])\n    return getattr(g, 'gi_frame')\n", SecurityViolation),
+    "getattr aliased": ("def f(self, name):\n    g = getattr\n    return g(self, name)\n", SecurityViolation),
+    "getattr passed to map": ("def f(self, xs):\n    return list(map(getattr, xs, ['gi' + '_frame']))\n", SecurityViolation),
+    "hasattr kept in a list": ("def f(self):\n    checks = [hasattr]\n    return checks[0](self, 'x')\n", SecurityViolation),
+    "format taken from str by getattr": ("def f(self, t):\n    return getattr(str, 'format')(t, self)\n", SecurityViolation),
     "builtins via comprehension": ("def f(self):\n    return [b for b in __builtins__]\n", SecurityViolation),
 }
 

@@ -10,8 +10,9 @@ Three rules, each violation reported with its line so that it can be fed back to
   a final ``return``. :func:`repair_covenant` adds the line deterministically.
 - **Safety**: no imports, ``global``/``nonlocal``, classes, generators or coroutines; none of the
   builtins that reach code, files or namespaces (``exec``, ``eval``, ``compile``, ``open``,
-  ``__import__``, ``globals``, ``vars``, ``locals``...); ``getattr``/``setattr``/``delattr`` only
-  with a literal public name; no name or attribute beginning with ``_`` (except the covenant's
+  ``__import__``, ``globals``, ``vars``, ``locals``...); ``getattr``/``setattr``/``delattr``/``hasattr``
+  only called directly (never passed, aliased or kept) with a literal public name that is not an
+  interpreter internal; no name or attribute beginning with ``_`` (except the covenant's
   ``self._p_changed`` and the throwaway name ``_``); no frame, code or generator internals; no
   format string that reaches into attributes or items; an ``except`` may name only built-in
   subclasses of ``Exception`` (by name, or a tuple of names), never bare, never ``BaseException``,
@@ -32,6 +33,8 @@ import ast
 import builtins
 import string
 
+from RestrictedPython.transformer import INSPECT_ATTRIBUTES
+
 COVENANT = "self._p_changed = True"
 BANNED_CALLS = frozenset({
     "exec", "eval", "compile", "open", "__import__", "globals", "vars", "locals", "input",
@@ -39,10 +42,10 @@ BANNED_CALLS = frozenset({
     "super", "object", "type",
 })
 NAME_CALLS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
-INTERNAL_ATTRIBUTES = frozenset({
-    "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame", "ag_code",
-    "f_globals", "f_locals", "f_builtins", "f_back", "f_code", "tb_frame", "tb_next", "co_code",
-    "func_globals", "func_code", "mro", "format_map",
+INTERNAL_ATTRIBUTES = INSPECT_ATTRIBUTES | frozenset({
+    "gi_frame", "gi_code", "gi_yieldfrom", "gi_running", "cr_frame", "cr_code", "cr_await", "ag_frame", "ag_code",
+    "ag_await", "f_globals", "f_locals", "f_builtins", "f_back", "f_code", "f_trace", "f_generator", "tb_frame",
+    "tb_next", "co_code", "func_globals", "func_code", "mro", "format_map",
 })
 MAX_SOURCE_BYTES = 64 * 1024
 CATCHABLE = frozenset(name for name, value in vars(builtins).items()
@@ -143,13 +146,14 @@ def check_covenant(function: ast.FunctionDef) -> None:
 
 
 def check_safety(function: ast.FunctionDef) -> None:
+    called = {id(node.func) for node in ast.walk(function) if isinstance(node, ast.Call)}
     for node in ast.walk(function):
-        problem = _unsafe(node, function)
+        problem = _unsafe(node, function, called)
         if problem:
             raise SecurityViolation(f"{_where(node)}: {problem}")
 
 
-def _unsafe(node: ast.AST, function: ast.FunctionDef) -> str | None:
+def _unsafe(node: ast.AST, function: ast.FunctionDef, called: set[int]) -> str | None:
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         return "imports are not allowed; the method gets what it needs through self and its arguments"
     if isinstance(node, (ast.Global, ast.Nonlocal)):
@@ -167,6 +171,8 @@ def _unsafe(node: ast.AST, function: ast.FunctionDef) -> str | None:
     if isinstance(node, ast.Name):
         if node.id in BANNED_CALLS:
             return f"'{node.id}' is not allowed"
+        if node.id in NAME_CALLS and id(node) not in called:
+            return f"'{node.id}' may only be called directly, with a literal name; it may not be passed or kept"
         if node.id.startswith("_") and node.id != "_":
             return f"the name {node.id!r} begins with '_'; such names are not allowed"
     if isinstance(node, ast.Attribute):
@@ -182,6 +188,8 @@ def _unsafe(node: ast.AST, function: ast.FunctionDef) -> str | None:
         name = node.args[1] if len(node.args) > 1 else None
         if not (isinstance(name, ast.Constant) and isinstance(name.value, str) and not name.value.startswith("_")):
             return f"{node.func.id}() needs a literal attribute name that does not begin with '_'"
+        if name.value in INTERNAL_ATTRIBUTES or name.value == "format":
+            return f"{node.func.id}() of {name.value!r} reaches interpreter internals or templates and is not allowed"
     if isinstance(node, ast.Constant) and isinstance(node.value, str) and "__" in node.value:
         return "string constants containing '__' are not allowed"
     if (isinstance(node, ast.Attribute) and node.attr in ("format", "format_map")

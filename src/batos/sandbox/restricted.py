@@ -3,7 +3,8 @@
 Every stored method, whoever wrote it, is compiled here. :func:`check_compiles` only compiles (the
 UVM uses it to refuse source early and never runs what it compiles); :func:`compile_method` also
 executes the ``def`` and is called only inside a sandbox worker. Attribute reads go through a
-guard that refuses names beginning with ``_``, writes are allowed only to capability proxies and
+guard that decides by the type of what is read (plain data's public names, the proxies' slots,
+nothing of generators, frames, code or functions; see READABLE), writes are allowed only to capability proxies and
 plain containers, and the builtins are a small safe set. Two rewrites come first, because
 RestrictedPython refuses them as written: the covenant line ``self._p_changed = True`` becomes
 ``mark_changed_(self)``, and ``self.x += 1`` / ``self.items[0] += 1`` become plain assignments.
@@ -62,24 +63,68 @@ def _as_load(target: ast.AST) -> ast.AST:
 _NO_DEFAULT = object()
 
 
-def guarded_getattr(obj: Any, name: str, default: Any = _NO_DEFAULT) -> Any:
-    """``obj.name`` for public names. Unlike RestrictedPython's ``safer_getattr`` a missing name
-    raises (it does not quietly become None), so a message nobody understands is an error."""
-    if not isinstance(name, str) or name.startswith("_"):
-        raise AttributeError(f"{name!r}: names beginning with '_' are not accessible")
-    if isinstance(obj, str) and name == "format":
-        raise NotImplementedError("str.format is not available; use an f-string")
-    if default is _NO_DEFAULT:
-        return getattr(obj, name)
-    return getattr(obj, name, default)
+def _public_names(kind: type, *left_out: str) -> frozenset[str]:
+    return frozenset(name for name in dir(kind) if not name.startswith("_")) - set(left_out)
 
 
-def guarded_hasattr(obj: Any, name: str) -> bool:
-    try:
-        guarded_getattr(obj, name)
-    except AttributeError:
+# What a method may read, by the type of what it reads from: the public names of plain data (on a
+# value and on its class, as in ``str.join`` or ``dict.fromkeys``) and an exception's ``args``.
+# Anything else (generators, frames, code, functions, tracebacks, iterators, types) offers nothing.
+# str.format and format_map walk attributes and items of their arguments by a template's field
+# names, so they are left out.
+READABLE: dict[type, frozenset[str]] = {
+    kind: _public_names(kind) for kind in (
+        bytes, bytearray, int, bool, float, complex, list, tuple, dict, set, frozenset, range, slice)
+}
+READABLE[str] = _public_names(str, "format", "format_map")
+READABLE.update({type({}.keys()): frozenset({"isdisjoint"}), type({}.items()): frozenset({"isdisjoint"}),
+                 type({}.values()): frozenset()})
+EXCEPTION_NAMES = frozenset({"args"})
+
+
+class NotAccessible(AttributeError):
+    """A method asked for an attribute that its sandbox does not offer on that kind of value."""
+
+
+def readable(obj: Any, name: Any, capabilities: tuple[type, ...]) -> bool:
+    """Whether a method may read ``obj.name``: decided by what ``obj`` is, never by the name's
+    spelling alone (see READABLE)."""
+    if type(name) is not str or name.startswith("_"):
         return False
-    return True
+    if isinstance(obj, capabilities):
+        return True  # a capability proxy answers public names with the object's slots
+    if isinstance(obj, BaseException):
+        return name in EXCEPTION_NAMES
+    allowed = READABLE.get(obj) if isinstance(obj, type) else READABLE.get(type(obj))
+    return allowed is not None and name in allowed
+
+
+def make_getattr(capabilities: tuple[type, ...] = ()) -> Callable[..., Any]:
+    """The ``getattr`` of restricted code (also behind ``a.b``). Unlike RestrictedPython's
+    ``safer_getattr`` a missing name raises (it does not quietly become None), so a message nobody
+    understands is an error."""
+
+    def guarded_getattr(obj: Any, name: str, default: Any = _NO_DEFAULT) -> Any:
+        if not readable(obj, name, capabilities):
+            if default is not _NO_DEFAULT:
+                return default
+            raise NotAccessible(f"{name!r} of a {type(obj).__name__} is not accessible to a method")
+        if default is _NO_DEFAULT:
+            return getattr(obj, name)
+        return getattr(obj, name, default)
+
+    return guarded_getattr
+
+
+def make_hasattr(guarded_getattr: Callable[..., Any]) -> Callable[[Any, str], bool]:
+    def guarded_hasattr(obj: Any, name: str) -> bool:
+        try:
+            guarded_getattr(obj, name)
+        except AttributeError:
+            return False
+        return True
+
+    return guarded_hasattr
 
 
 def _inplacevar(op: str, x: Any, y: Any) -> Any:
@@ -102,10 +147,11 @@ def check_compiles(source: str, filename: str) -> None:
         raise SyntaxError(f"the source is too complex to compile ({type(exc).__name__})") from None
 
 
-def restricted_globals(writable: tuple[type, ...] = ()) -> dict[str, Any]:
+def restricted_globals(capabilities: tuple[type, ...] = ()) -> dict[str, Any]:
     """A fresh global namespace for one restricted function. Writes are allowed to plain
-    containers and to instances of ``writable`` (the capability proxies)."""
-    allowed = (*PLAIN_WRITABLE, *writable)
+    containers and to instances of ``capabilities`` (the proxies), and reads as READABLE says."""
+    allowed = (*PLAIN_WRITABLE, *capabilities)
+    guarded_getattr = make_getattr(capabilities)
 
     def write_guard(obj: Any) -> Any:
         if isinstance(obj, allowed):
@@ -113,7 +159,7 @@ def restricted_globals(writable: tuple[type, ...] = ()) -> dict[str, Any]:
         raise TypeError(f"a method may not change a {type(obj).__name__}")
 
     builtins = {**safe_builtins, **limited_builtins, **MORE_BUILTINS,
-                "getattr": guarded_getattr, "hasattr": guarded_hasattr}
+                "getattr": guarded_getattr, "hasattr": make_hasattr(guarded_getattr)}
     for unwanted in ("setattr", "delattr", "__build_class__"):
         builtins.pop(unwanted, None)
     return {
@@ -133,8 +179,8 @@ def restricted_globals(writable: tuple[type, ...] = ()) -> dict[str, Any]:
 
 
 def compile_method(selector: str, source: str, filename: str,
-                   writable: tuple[type, ...] = ()) -> Callable[..., Any]:
+                   capabilities: tuple[type, ...] = ()) -> Callable[..., Any]:
     """The function ``selector`` defined by ``source`` (runs the ``def``: sandbox workers only)."""
-    namespace = restricted_globals(writable)
+    namespace = restricted_globals(capabilities)
     exec(restricted_code(source, filename), namespace)
     return namespace[selector]
