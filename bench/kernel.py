@@ -9,9 +9,11 @@ Clients are separate processes with blocking DEALER sockets; every figure is the
 --repeats runs. Prints messages/s and the ratios read/bare and write/floor for 1 and 8 clients.
 
 Then the cost of the sandbox: one client sending a trivial stored method (``return 1``) and one
-that reads and writes three slots, to `batos run` as it is (methods in sandbox worker processes)
-and to `batos run` of --baseline-ref (the last commit that ran methods in-process, extracted from
-git into a temporary folder), in the same run.
+that reads and writes three slots, to `batos run` as it is (methods in sandbox worker processes,
+a fresh forked child per call), to `batos run` of --previous-ref (the sandbox before that: workers
+reused across calls) and of --baseline-ref (the last commit that ran methods in-process), each
+extracted from git into a temporary folder and run by an interpreter of its own (so that its
+sandbox workers run its own code too), in the same run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +43,7 @@ TRIVIAL = "def one(self):\n    return 1\n"
 THREE = ("def three(self):\n    self.a = self.a + 1\n    self.b = self.b + self.a\n    self.c = [self.a, self.b]\n"
          "    self._p_changed = True\n    return self.b\n")
 IN_PROCESS_REF = "8392cb5"  # the last commit whose UVM ran stored methods in its own process
+REUSED_WORKERS_REF = "539b6f2"  # the last commit whose sandbox workers served many calls each
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -164,12 +168,22 @@ def baseline_source(ref: str, workdir: Path) -> Path:
     return target / "src"
 
 
+def interpreter_for(source_root: Path, workdir: Path) -> str:
+    """A Python that imports batos from ``source_root`` and everything else from this one's
+    packages; its child processes (sandbox workers, run with -I) do too."""
+    venv = workdir / f"venv-{source_root.parent.name}"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site_packages = next(venv.glob("lib/python*/site-packages"))
+    (site_packages / "batos_baseline.pth").write_text(f"{source_root}\n{sysconfig.get_paths()['purelib']}\n")
+    return str(venv / "bin" / "python")
+
+
 def run_methods(source_root: Path | None, count: int, repeats: int, workdir: Path, label: str) -> tuple[float, float]:
     """(trivial sends/s, three-slot sends/s), one client, medians; ``source_root`` None: this tree."""
-    env = {"PYTHONPATH": str(source_root)} if source_root else None
+    python = interpreter_for(source_root, workdir) if source_root else None
     trivial, three = [], []
     for r in range(repeats):
-        srv = Server(workdir / f"methods-{label}-{r}.fs", env=env).start()
+        srv = Server(workdir / f"methods-{label}-{r}.fs", python=python).start()
         with srv.client() as c:
             c.define("genesis_obj", TRIVIAL)
             c.define("genesis_obj", THREE)
@@ -220,16 +234,19 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1500, help="messages per client per run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline-ref", default=IN_PROCESS_REF, help="git commit of the in-process baseline")
+    parser.add_argument("--previous-ref", default=REUSED_WORKERS_REF, help="git commit of the previous sandbox")
     parser.add_argument("--only-methods", action="store_true", help="measure only the sandbox rows")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="batos-bench-"))
     try:
         baseline = run_methods(baseline_source(args.baseline_ref, workdir), args.count, args.repeats, workdir, "in-process")
+        previous = run_methods(baseline_source(args.previous_ref, workdir), args.count, args.repeats, workdir, "reused")
         sandboxed = run_methods(None, args.count, args.repeats, workdir, "sandbox")
         print(f"method sends, 1 client, medians of {args.repeats}, messages/s:")
-        print(f"{'method':>22} {'in-process':>11} {'sandbox':>8} {'sandbox/in-process':>19}")
-        for name, before, now in zip(("trivial (return 1)", "reads+writes 3 slots"), baseline, sandboxed):
-            print(f"{name:>22} {before:>11.0f} {now:>8.0f} {now / before:>19.2f}")
+        print(f"{'method':>22} {'in-process':>11} {'reused workers':>15} {'fork per call':>14} "
+              f"{'reused/in-process':>18} {'fork/in-process':>16}")
+        for name, base, before, now in zip(("trivial (return 1)", "reads+writes 3 slots"), baseline, previous, sandboxed):
+            print(f"{name:>22} {base:>11.0f} {before:>15.0f} {now:>14.0f} {before / base:>18.2f} {now / base:>16.2f}")
         if args.only_methods:
             return
         rows = []

@@ -35,8 +35,9 @@ class Server:
     """A `batos run` subprocess on its own image and port."""
 
     def __init__(self, image: Path, endpoint: str | None = None, extra_args: tuple[str, ...] = (), env: dict | None = None,
-                 cwd: Path | None = None):
+                 cwd: Path | None = None, python: str | None = None):
         self.cwd = cwd
+        self.command = [python, *BATOS[1:]] if python else BATOS
         self.image = image
         self.endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
         self.log_file = image.parent / "logs" / "batos.jsonl"
@@ -47,7 +48,7 @@ class Server:
 
     def start(self, wait: bool = True) -> Server:
         self.process = subprocess.Popen(
-            [*BATOS, "run", "--image", str(self.image), "--endpoint", self.endpoint,
+            [*self.command, "run", "--image", str(self.image), "--endpoint", self.endpoint,
              "--log-file", str(self.log_file), *self.extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env, cwd=self.cwd,
         )

@@ -10,6 +10,7 @@ only grows: every new escape becomes a file there.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import threading
 import time
@@ -241,7 +242,11 @@ def test_the_sandbox_workers_are_confined(arena):
     assert "rlimits" in sandbox["confinement"]["applied"]
     # this machine's kernel offers all of them; the names of any that could not be applied are listed
     applied = set(sandbox["confinement"]["applied"]) | {m.split(":")[0] for m in sandbox["confinement"]["missing"]}
-    assert applied == {"rlimits", "netns", "no_new_privs", "landlock", "seccomp"}
+    assert applied == {"rlimits", "netns", "capabilities", "uid", "not_dumpable", "no_new_privs", "landlock", "seccomp"}
+    status = sandbox["confinement"]["status"]
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2" and int(status["CapEff"], 16) == 0
+    if os.geteuid() == 0:  # CI runs as root: the workers do not
+        assert "uid" in sandbox["confinement"]["applied"] and "0" not in status["Uid"].split()
 
 
 def test_a_module_planted_in_the_working_folder_never_runs(tmp_path):

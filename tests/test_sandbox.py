@@ -40,9 +40,10 @@ def test_the_child_cannot_write_files(tmp_path):
 
 CONFINED = """
 import json, os, socket, sys
-from batos.sandbox.confine import confine
-applied, missing = confine(512 * 1024 * 1024, 60, 16)
-outcomes = {"applied": applied}
+from batos.sandbox.confine import confine, load_libseccomp, seal_call
+lib = load_libseccomp()
+applied, missing = confine(512 * 1024 * 1024, 60, 16, lib=lib)
+outcomes = {"applied": applied, "sealed": seal_call(lib)}
 for name, attempt in (("read", lambda: open(sys.argv[1]).read()),
                       ("write", lambda: open(sys.argv[2], "w").write("planted")),
                       ("socket", lambda: socket.socket()),
@@ -70,5 +71,6 @@ def test_a_confined_process_cannot_read_write_connect_fork_or_exec(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     outcomes = json.loads(done.stdout)
     assert {"rlimits", "landlock", "seccomp"} <= set(outcomes["applied"])  # this machine's kernel has both
+    assert outcomes["sealed"] is None
     assert all(outcomes[name] != "allowed" for name in ("read", "write", "socket", "fork", "exec")), outcomes
     assert not plant.exists()

@@ -2,15 +2,21 @@
 
 Started by :mod:`batos.sandbox.pool` as ``python -I -m batos.sandbox.child LIMITS`` in an empty
 folder with an empty environment. It imports what it needs, confines itself
-(:mod:`batos.sandbox.confine`), says hello with what it applied, then serves calls, one at a time.
+(:mod:`batos.sandbox.confine`), says hello with what it applied and what the kernel says of it,
+and becomes a **zygote**: it never runs a method itself. Each call is served by a child forked
+from it, which takes forking away from itself, waits until the zygote has reaped the child before
+it, serves exactly one call and exits. Nothing a call does (an implant, a replaced function, a
+frame left in the pipe) can reach the next one: the next call is another process, forked from a
+zygote no call has touched. The zygote tells the UVM on a pipe of its own (which no call holds)
+each time a new child is ready, so the UVM never gives a call to a worker whose previous child
+is still alive.
 
 A method sees :class:`ObjectProxy` capabilities, never objects: reading a name asks the UVM
 (the receiver's own data slots come along with the call), a stored method found that way is
 compiled here and run on the proxy, a trait primitive (``clone``, ``describe``, ``oid``,
 ``slot_names``) is run by the UVM. Writes are collected, containers read from slots are compared
 with what was read, and the changes go to the UVM with the next request or the end of the call;
-the UVM decides what may be written. Nothing survives from one call to the next except compiled
-code, keyed by the digest of its source.
+the UVM decides what may be written. Every frame of a call carries the call's nonce.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any, Callable
 
 from batos.sandbox import channel as wire
 from batos.sandbox.channel import Channel, Ref
-from batos.sandbox.confine import confine
+from batos.sandbox.confine import SANDBOX_UID, confine, load_libseccomp, seal_call
 from batos.sandbox.restricted import compile_method
 
 METHOD_FILE_PREFIX = "<batos-method "
@@ -153,6 +159,7 @@ class Call:
         return writes
 
     def request(self, message: dict) -> Any:
+        message["n"] = self.worker.nonce
         message["writes"] = self.changes()
         self.worker.channel.send(message)
         reply = self.worker.channel.receive()
@@ -162,44 +169,85 @@ class Call:
 
 
 class Worker:
-    """The serving loop and the compiled-code cache (bounded by the pool retiring each worker after
-    a number of calls)."""
+    """One call's server: runs the job it is given and answers with the final frame."""
 
     def __init__(self, channel: Channel):
         self.channel = channel
+        self.nonce = ""
         self.compiled: dict[str, Callable] = {}
 
     def function(self, selector: str, digest: str, source: str | None) -> Callable:
-        """The compiled function; ``source`` may be left out once this worker has compiled it."""
+        """The compiled function; ``source`` may be left out once this call has compiled it."""
         if digest not in self.compiled:
             self.compiled[digest] = compile_method(selector, source, f"{METHOD_FILE_PREFIX}{selector}>", (ObjectProxy,))
         return self.compiled[digest]
 
-    def serve(self) -> None:
-        while True:
-            job = self.channel.receive()
-            if job.get("t") == "stop":
-                return
+    def serve_one(self) -> None:
+        job = self.channel.receive()
+        if isinstance(job, dict) and job.get("t") == "call":
             self.channel.send_bytes(self.run(job))
 
     def run(self, job: dict) -> bytes:
         """The final frame of one call, packed."""
+        self.nonce = str(job.get("n", ""))
+        done = {"t": "done", "n": self.nonce}
         call = Call(self, job.get("slots") or {})
         try:
             function = self.function(job["selector"], job["digest"], job.get("source"))
             result = function(call.proxy(0), *call.local(job.get("args") or []), **call.local(job.get("kwargs") or {}))
             writes = call.changes()
             try:
-                return wire.pack({"t": "done", "ok": True, "v": result, "writes": writes})
+                return wire.pack({**done, "ok": True, "v": result, "writes": writes})
             except TypeError:
-                return wire.pack({"t": "done", "ok": True, "v": described(result), "writes": writes})
+                return wire.pack({**done, "ok": True, "v": described(result), "writes": writes})
         except Refused as exc:
-            return wire.pack({"t": "done", "ok": False, "refused": str(exc)})
+            return wire.pack({**done, "ok": False, "refused": str(exc)})
         except BaseException as exc:  # SystemExit, KeyboardInterrupt...: reported, never obeyed
             try:
-                return wire.pack(failure(exc))
+                return wire.pack({**done, **failure(exc)})
             except BaseException:
-                return wire.pack({"t": "done", "ok": False, "error": "the method failed in a way that cannot be reported"})
+                return wire.pack({**done, "ok": False, "error": "the method failed in a way that cannot be reported"})
+
+
+class Zygote:
+    """Forks one child per call (see the module docstring); holds nothing a call could use."""
+
+    def __init__(self, channel: Channel, ready_fd: int, libseccomp: Any):
+        self.channel = channel
+        self.ready_fd = ready_fd
+        self.libseccomp = libseccomp
+
+    def serve(self) -> None:
+        """Until the UVM closes the ready pipe: keep one child waiting, release it once the one
+        before it is reaped."""
+        current = self.fork_child()
+        self.release(current)
+        while True:
+            following = self.fork_child()
+            os.waitpid(current[0], 0)
+            current = following
+            self.release(current)
+
+    def fork_child(self) -> tuple[int, int]:
+        """(pid, the write end of its go pipe): a child that has sealed itself and waits."""
+        go_read, go_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(go_write)
+                os.close(self.ready_fd)
+                if seal_call(self.libseccomp) is None and os.read(go_read, 1) == b"g":
+                    os.close(go_read)
+                    Worker(self.channel).serve_one()
+            finally:
+                os._exit(0)
+        os.close(go_read)
+        return pid, go_write
+
+    def release(self, child: tuple[int, int]) -> None:
+        os.write(child[1], b"g")
+        os.close(child[1])
+        os.write(self.ready_fd, b"r")
 
 
 def described(value: Any, depth: int = 0) -> Any:
@@ -220,7 +268,7 @@ def described(value: Any, depth: int = 0) -> Any:
 def failure(exc: BaseException) -> dict:
     frames = [f for f in traceback.extract_tb(exc.__traceback__, limit=64) if f.filename.startswith(METHOD_FILE_PREFIX)]
     where = f" (line {frames[-1].lineno} of {frames[-1].name})" if frames else ""
-    return {"t": "done", "ok": False, "error": f"{type(exc).__name__}: {str(exc)[:2000]}{where}"}
+    return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:2000]}{where}"}
 
 
 def warm_up() -> None:
@@ -236,6 +284,17 @@ def warm_up() -> None:
     "é".encode("utf-8").decode("latin-1").encode("ascii", "replace")
 
 
+STATUS_FIELDS = ("Uid", "Gid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
+
+
+def kernel_status(fd: int) -> dict[str, str]:
+    """What the kernel says of this process (read through a file opened before confinement)."""
+    text = os.pread(fd, 8192, 0).decode("ascii", "replace")
+    os.close(fd)
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {name: " ".join(fields.get(name, "?").split()) for name in STATUS_FIELDS}
+
+
 def main() -> None:
     limits = json.loads(sys.argv[1])
     # The channel moves off fds 0 and 1 so that nothing printed by accident can corrupt it.
@@ -245,9 +304,16 @@ def main() -> None:
     os.dup2(null, 1)
     channel = Channel(read_fd, write_fd, limits["max_frame"])
     warm_up()
-    applied, missing = confine(limits["memory_bytes"], limits["cpu_seconds"], limits["open_files"])
-    channel.send({"t": "hello", "pid": os.getpid(), "applied": applied, "missing": missing})
-    Worker(channel).serve()
+    status = os.open("/proc/self/status", os.O_RDONLY)
+    libseccomp = load_libseccomp()
+    applied, missing = confine(limits["memory_bytes"], limits["cpu_seconds"], limits["open_files"],
+                               limits.get("uid", SANDBOX_UID), libseccomp)
+    channel.send({"t": "hello", "pid": os.getpid(), "applied": applied, "missing": missing,
+                  "status": kernel_status(status)})
+    try:
+        Zygote(channel, limits["ready_fd"], libseccomp).serve()
+    except OSError:  # the UVM closed its end: nothing left to serve
+        os._exit(0)
 
 
 if __name__ == "__main__":

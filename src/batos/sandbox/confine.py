@@ -1,17 +1,28 @@
-"""What a sandbox worker does to itself before it runs any method (Linux; no root needed).
+"""What a sandbox worker does to itself before it runs any method (Linux).
 
-Applied in this order, each reported by name, each missing one reported with the reason:
+:func:`confine` is applied once, by the worker's zygote, in this order (minijail's), each step
+reported by name, each missing one reported with the reason:
 
-- ``rlimits``: address space, open files, file size 0 (no file can be written), no core dumps,
-  no new processes, a CPU-time ceiling for the worker's whole life;
-- ``netns``: a network namespace of its own with no interfaces (directly, or inside a new user
-  namespace when not privileged);
+- ``rlimits``: address space, open files, file size 0 (no file can be written), no core dumps, a
+  bound on processes, a CPU-time ceiling for each process's whole life;
+- ``netns``: a network namespace of its own with no interfaces (directly as root, or inside a new
+  user namespace otherwise);
+- ``capabilities``: the bounding and ambient sets emptied and every capability given up, with the
+  securebits that would give them back locked;
+- ``uid``: an unprivileged uid and gid of its own (``SANDBOX_UID``) with no supplementary groups,
+  so no same-uid rule of the kernel reaches the UVM (only when the UVM runs as root; otherwise
+  the worker keeps the UVM's uid and the seccomp filter alone keeps it off other processes);
+- ``not_dumpable``: no core, no ptrace or /proc access by processes of its uid;
 - ``no_new_privs``: nothing it could execute gains privileges;
 - ``landlock``: no file system access at all, no TCP bind or connect, no signals or abstract
   sockets outside itself (as much of that as the kernel's Landlock ABI offers);
-- ``seccomp``: system calls that start programs, processes, sockets, tracing or namespaces fail
-  with EPERM (through libseccomp, when the library is present).
+- ``seccomp``: an **allow-list** of what a confined interpreter needs (reading and writing its
+  pipes, memory without PROT_EXEC, futexes, signals' own bookkeeping, clocks, random bytes,
+  process limits of itself only, forking without new namespaces, waiting for its children);
+  every other system call fails with EPERM.
 
+Each call then runs in a child forked from the zygote, which first applies :func:`seal_call`: a
+second filter layer that takes away forking, waiting and new pipes, so a call can start nothing.
 The worker has imported everything it needs before this runs; afterwards it cannot open a file.
 """
 
@@ -23,9 +34,27 @@ import errno
 import os
 import resource
 
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+NEW_NAMESPACES = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
+PROT_EXEC = 0x4
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+# NOROOT, its lock, the lock on NO_SETUID_FIXUP (left off, so setuid drops every capability),
+# the lock on KEEP_CAPS (left off), NO_CAP_AMBIENT_RAISE and its lock.
+LOCKED_SECUREBITS = 0b1110_1011
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+SANDBOX_UID = 65534  # nobody; a uid no file of the UVM's belongs to
+PROCESSES = 4096  # a bound, not the barrier: a call cannot fork at all (seal_call)
 SYS_LANDLOCK_CREATE_RULESET = 444
 SYS_LANDLOCK_RESTRICT_SELF = 446
 LANDLOCK_CREATE_RULESET_VERSION = 1
@@ -33,20 +62,47 @@ LANDLOCK_CREATE_RULESET_VERSION = 1
 FS_RIGHTS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1, 5: (1 << 16) - 1}
 NET_BIND_AND_CONNECT_TCP = 0b11
 SCOPE_ABSTRACT_UNIX_AND_SIGNAL = 0b11
-DENIED_SYSCALLS = (
-    "execve", "execveat", "fork", "vfork", "clone", "clone3", "socket", "socketpair", "connect", "bind",
-    "listen", "accept", "accept4", "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2",
-    "unshare", "setns", "chroot", "pivot_root", "bpf", "perf_event_open", "keyctl", "add_key",
-    "request_key", "userfaultfd", "io_uring_setup", "kill", "tkill", "tgkill", "personality",
-    "open_by_handle_at", "name_to_handle_at", "init_module", "finit_module", "delete_module",
-)
+
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_ACT_ERRNO = 0x00050000
+SCMP_CMP_EQ = 4
+SCMP_CMP_MASKED_EQ = 7
+ALLOWED_SYSCALLS = (
+    "read", "write", "readv", "writev", "pread64", "close", "lseek", "munmap", "mremap", "brk", "madvise",
+    "futex", "set_robust_list", "rseq", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
+    "exit", "exit_group", "getpid", "gettid", "getuid", "geteuid", "getgid", "getegid", "getrandom",
+    "clock_gettime", "clock_getres", "gettimeofday", "nanosleep", "clock_nanosleep", "sched_yield",
+    "getrlimit", "wait4", "pipe2", "seccomp",
+)
+# (syscall, argument index, comparison, a, b): allowed only when the argument compares so.
+CONDITIONAL_SYSCALLS = (
+    ("mmap", 2, SCMP_CMP_MASKED_EQ, PROT_EXEC, 0),
+    ("mprotect", 2, SCMP_CMP_MASKED_EQ, PROT_EXEC, 0),
+    ("prlimit64", 0, SCMP_CMP_EQ, 0, 0),  # its own limits only
+    ("clone", 0, SCMP_CMP_MASKED_EQ, NEW_NAMESPACES, 0),  # the zygote's fork; never a namespace
+    ("prctl", 0, SCMP_CMP_EQ, PR_SET_NO_NEW_PRIVS, 0),  # libseccomp sets it when a call seals itself
+)
+# glibc falls back from clone3 to clone only when clone3 is said not to exist.
+NOT_IMPLEMENTED = ("clone3",)
+TAKEN_FROM_A_CALL = ("clone", "clone3", "fork", "vfork", "wait4", "pipe2", "pipe", "prctl", "seccomp")
 
 
 class RulesetAttr(ctypes.Structure):
     _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
                 ("scoped", ctypes.c_uint64)]
+
+
+class ArgumentComparison(ctypes.Structure):  # libseccomp's struct scmp_arg_cmp
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+class CapabilityHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapabilityData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
 def _libc() -> ctypes.CDLL:
@@ -63,13 +119,43 @@ def limit_resources(memory_bytes: int, cpu_seconds: int, open_files: int) -> Non
     resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (PROCESSES, PROCESSES))
 
 
 def leave_the_network(libc: ctypes.CDLL) -> str | None:
     if libc.unshare(CLONE_NEWNET) == 0 or libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0:
         return None
     return _fail("unshare")
+
+
+def give_up_capabilities(libc: ctypes.CDLL) -> str | None:
+    """Empty the bounding and ambient sets and every capability set of this process."""
+    if os.geteuid() == 0 and libc.prctl(PR_SET_SECUREBITS, LOCKED_SECUREBITS, 0, 0, 0) != 0:
+        return _fail("locking the securebits")
+    for capability in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+            return _fail(f"dropping capability {capability} from the bounding set")
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)  # EINVAL on kernels without ambient sets
+    # root keeps CAP_SETUID until the uid step, whose setresuid clears every set
+    return None if os.geteuid() == 0 else clear_capability_sets(libc)
+
+
+def clear_capability_sets(libc: ctypes.CDLL) -> str | None:
+    header = CapabilityHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (CapabilityData * 2)()
+    return None if libc.capset(ctypes.byref(header), data) == 0 else _fail("capset")
+
+
+def become_unprivileged(libc: ctypes.CDLL, uid: int) -> str | None:
+    if os.geteuid() != 0:
+        return "the UVM does not run as root: workers keep its uid, and seccomp alone keeps them off its process"
+    try:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    except OSError as exc:
+        return f"setresuid: {exc.strerror}"
+    return clear_capability_sets(libc)
 
 
 def landlock(libc: ctypes.CDLL) -> str | None:
@@ -92,31 +178,45 @@ def landlock(libc: ctypes.CDLL) -> str | None:
 
 
 def load_libseccomp() -> ctypes.CDLL | None:
-    """libseccomp, loaded while files can still be opened; None where it is not installed."""
+    """libseccomp with its signatures, loaded while files can still be opened; None where it is
+    not installed."""
     for name in ("libseccomp.so.2", ctypes.util.find_library("seccomp")):
         if name:
             try:
-                return ctypes.CDLL(name, use_errno=True)
+                lib = ctypes.CDLL(name, use_errno=True)
             except OSError:
                 continue
+            lib.seccomp_init.restype = ctypes.c_void_p
+            lib.seccomp_init.argtypes = [ctypes.c_uint32]
+            lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+            lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+            lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                                   ctypes.POINTER(ArgumentComparison)]
+            lib.seccomp_load.argtypes = [ctypes.c_void_p]
+            lib.seccomp_release.argtypes = [ctypes.c_void_p]
+            return lib
     return None
 
 
-def seccomp(lib: ctypes.CDLL | None) -> str | None:
+def _filter(lib: ctypes.CDLL | None, default: int, rules: list[tuple[int, str, tuple | None]]) -> str | None:
+    """Load a seccomp filter: ``default`` for every call not in ``rules`` (action, name, condition)."""
     if lib is None:
         return "libseccomp is not installed"
-    lib.seccomp_init.restype = ctypes.c_void_p
-    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
-    lib.seccomp_load.argtypes = [ctypes.c_void_p]
-    lib.seccomp_release.argtypes = [ctypes.c_void_p]
-    context = lib.seccomp_init(SCMP_ACT_ALLOW)
+    context = lib.seccomp_init(default)
     if not context:
         return "seccomp_init failed"
     try:
-        for syscall in DENIED_SYSCALLS:
+        for action, syscall, condition in rules:
             number = lib.seccomp_syscall_resolve_name(syscall.encode())
-            if number >= 0 and lib.seccomp_rule_add(context, SCMP_ACT_ERRNO | errno.EPERM, number, 0) != 0:
+            if number < 0:
+                continue  # not a system call on this architecture
+            if condition is None:
+                added = lib.seccomp_rule_add(context, action, number, 0)
+            else:
+                argument, op, a, b = condition
+                added = lib.seccomp_rule_add_array(context, action, number, 1,
+                                                   (ArgumentComparison * 1)(ArgumentComparison(argument, op, a, b)))
+            if added != 0:
                 return f"seccomp_rule_add({syscall}) failed"
         if lib.seccomp_load(context) != 0:
             return "seccomp_load failed"
@@ -125,14 +225,32 @@ def seccomp(lib: ctypes.CDLL | None) -> str | None:
     return None
 
 
-def confine(memory_bytes: int, cpu_seconds: int, open_files: int) -> tuple[list[str], list[str]]:
-    """Apply every measure in the module docstring; (applied, what could not be and why)."""
+def seccomp(lib: ctypes.CDLL | None) -> str | None:
+    """The zygote's allow-list (see the module docstring)."""
+    rules = [(SCMP_ACT_ALLOW, name, None) for name in ALLOWED_SYSCALLS]
+    rules += [(SCMP_ACT_ALLOW, name, (argument, op, a, b)) for name, argument, op, a, b in CONDITIONAL_SYSCALLS]
+    rules += [(SCMP_ACT_ERRNO | errno.ENOSYS, name, None) for name in NOT_IMPLEMENTED]
+    return _filter(lib, SCMP_ACT_ERRNO | errno.EPERM, rules)
+
+
+def seal_call(lib: ctypes.CDLL | None) -> str | None:
+    """The layer a call's own process adds: no forking, waiting, pipes or further filters."""
+    return _filter(lib, SCMP_ACT_ALLOW, [(SCMP_ACT_ERRNO | errno.EPERM, name, None) for name in TAKEN_FROM_A_CALL])
+
+
+def confine(memory_bytes: int, cpu_seconds: int, open_files: int, uid: int = SANDBOX_UID,
+            lib: ctypes.CDLL | None = None) -> tuple[list[str], list[str]]:
+    """Apply every measure in the module docstring; (applied, what could not be and why).
+    ``lib`` is libseccomp, loaded by the caller when it also needs it later (:func:`seal_call`)."""
     applied, missing = [], []
     libc = _libc()
-    libseccomp = load_libseccomp()
+    libseccomp = lib or load_libseccomp()
     limit_resources(memory_bytes, cpu_seconds, open_files)
     applied.append("rlimits")
     for name, step in (("netns", lambda: leave_the_network(libc)),
+                       ("capabilities", lambda: give_up_capabilities(libc)),
+                       ("uid", lambda: become_unprivileged(libc, uid)),
+                       ("not_dumpable", lambda: None if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0 else _fail("prctl")),
                        ("no_new_privs", lambda: None if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 else _fail("prctl")),
                        ("landlock", lambda: landlock(libc)),
                        ("seccomp", lambda: seccomp(libseccomp))):

@@ -3,7 +3,7 @@
 :func:`run_method` sends the call to a worker and serves its requests until it answers, inside
 the caller's transaction. Objects reach the worker only as handles into this call's table, issued
 as values are sent; a handle the worker did not get is a protocol violation, and the worker is
-killed. Writes come back as a write set, each one checked (slot name, kernel protection,
+killed; so is one that sends a frame without this call's nonce. Writes come back as a write set, each one checked (slot name, kernel protection,
 ``parent*`` shape, size and depth limits) and applied here. The first refusal decides the outcome
 of the whole call, whatever the method does after it, so a refused call writes nothing once its
 transaction is aborted.
@@ -12,6 +12,7 @@ transaction is aborted.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from typing import Any
 
@@ -50,11 +51,11 @@ class SandboxUnavailable(BatosError):
 
 def check_stored_value(slot: str, value: Any, limits: SandboxLimits) -> int:
     """TooLarge unless ``value`` (plain data, or channel data from a worker) may be stored in a
-    slot: its encoded size and its nesting depth within the limits. Its encoded size."""
+    slot: its nesting depth and its encoded size within the limits. Its encoded size."""
+    _check_depth(slot, value, limits.max_value_depth)  # first: packing fails on very deep values
     size = len(wire.pack(value))
     if size > limits.max_slot_bytes:
         raise TooLarge(f"slot {slot!r}: a value of {size} bytes is over the limit of {limits.max_slot_bytes}")
-    _check_depth(slot, value, limits.max_value_depth)
     return size
 
 
@@ -238,8 +239,9 @@ def run_method(pool: SandboxPool, selector: str, source: str, receiver: UvmObjec
     host = CallHost(pool.limits)
     digest = digest or digest_of(source)
     host.handle(receiver)
-    job = {"t": "call", "selector": selector, "digest": digest, "slots": host.receiver_slots(receiver),
-           "args": host.outgoing(list(args)), "kwargs": host.outgoing(dict(kwargs))}
+    nonce = secrets.token_hex(16)
+    job = {"t": "call", "n": nonce, "selector": selector, "digest": digest, "source": source,
+           "slots": host.receiver_slots(receiver), "args": host.outgoing(list(args)), "kwargs": host.outgoing(dict(kwargs))}
     try:
         worker = pool.checkout(timeout=budget)
     except TimeoutError:
@@ -247,11 +249,8 @@ def run_method(pool: SandboxPool, selector: str, source: str, receiver: UvmObjec
     deadline = time.monotonic() + budget
     answered = [False]  # a worker that sent its final frame is fit for the next call
     try:
-        if digest not in worker.digests:  # a worker keeps what it compiled until it is retired
-            job["source"] = source
         worker.channel.send(job)
-        worker.digests.add(digest)
-        return _serve(worker, host, deadline, answered)
+        return _serve(worker, host, nonce, deadline, answered)
     except ChannelTimeout:
         raise MethodTimeout(budget) from None
     except FrameTooLarge as exc:
@@ -267,12 +266,14 @@ def run_method(pool: SandboxPool, selector: str, source: str, receiver: UvmObjec
             pool.discard(worker)
 
 
-def _serve(worker, host: CallHost, deadline: float, answered: list[bool]) -> Any:
+def _serve(worker, host: CallHost, nonce: str, deadline: float, answered: list[bool]) -> Any:
     channel = worker.channel
     while True:
         message = channel.receive(deadline)
         if not isinstance(message, dict):
             raise ChannelError("a frame that is not a map")
+        if message.get("n") != nonce:  # left by an earlier call, or forged: the worker is done for
+            raise ChannelError("a frame that does not answer the current call")
         kind = message.get("t")
         if kind == "done":
             answered[0] = True
