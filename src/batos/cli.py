@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -51,8 +52,16 @@ def decode_source(text: str) -> str:
     return text
 
 
+def as_json(value: Any) -> Any:
+    """What JSON cannot hold, in a form it can: bytes as ``{"$bytes": base64}``, anything else as
+    its repr."""
+    if isinstance(value, (bytes, bytearray)):
+        return {"$bytes": base64.b64encode(value).decode()}
+    return repr(value)
+
+
 def show(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+    return value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False, default=as_json)
 
 
 # --- client commands -------------------------------------------------------------------------
@@ -274,7 +283,8 @@ def _ingest(client: Client, args) -> Reported:
     if args.json:
         return Reported(results, failed)
     lines = [f"{r['status']:<9} {r['source']}" + (f"  ({r['chunks']} chunks)" if "chunks" in r else "")
-             + (f"  [{r['code']}] {r['error']}" if r["status"] == "refused" else "") for r in results]
+             + (f"  [{r['code']}] {r['error']}" if r["status"] == "refused" else "")
+             + (f"  ({r['error']})" if r["status"] == "skipped" else "") for r in results]
     return Reported("\n".join(lines) or "(no files memory takes were found)", failed)
 
 
@@ -767,9 +777,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command in ("shell", "chat"):
                 return result
             if isinstance(result, Reported):
-                print(json.dumps(result.value, ensure_ascii=False, indent=None) if args.json else show(result.value))
+                print(json.dumps(result.value, ensure_ascii=False, indent=None, default=as_json) if args.json else show(result.value))
                 return EXIT_FAILURE if result.failed else EXIT_OK
-            print(json.dumps(client.last_reply, ensure_ascii=False) if args.json else show(result))
+            print(json.dumps(client.last_reply, ensure_ascii=False, default=as_json) if args.json else show(result))
             return EXIT_OK
     except (UsageError, ConfigurationError) as exc:
         print(f"batos: {exc}", file=sys.stderr)

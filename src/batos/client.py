@@ -8,15 +8,19 @@ between threads.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
-import time
 import os
+import stat
+import time
 import uuid
 from typing import Any, Callable
 
 import ormsgpack
 import zmq
 import zmq.asyncio
+
+from batos.errors import BatosError, TooLarge
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT = 30.0
@@ -200,25 +204,26 @@ class Client(_Calls):
         """Take files (or every accepted file under a folder) into memory, one document each.
 
         Returns one ``{"source", "status", ...}`` per file, ``source`` its absolute path; status is
-        ``added``, ``replaced``, ``unchanged`` or ``refused`` (with ``code`` and ``error``). A path
-        that does not exist raises FileNotFoundError before anything is sent, and a file over the
-        server's limit is refused without being sent."""
+        ``added``, ``replaced``, ``unchanged``, ``refused`` (with ``code`` and ``error``) or
+        ``skipped`` (with ``error``: not a regular file, or a link that leaves the folder given). A
+        path that does not exist raises FileNotFoundError before anything is sent, and a file over
+        the server's limit is refused without being sent (its bytes are counted as they are read,
+        whatever its size said)."""
         from batos.memory.extract import kind_of, too_large
 
-        results = []
-        files = memory_files(paths)
+        files, results = memory_files(paths)
         limit = self.call("memory_stats")["max_bytes"] if files else 0
         for path in files:
-            if kind_of(path) and (size := os.path.getsize(path)) > limit:  # the server would refuse it after the upload
-                refused = too_large(path, size, limit)
-                results.append({"source": path, "status": "refused", "code": refused.code, "error": str(refused)})
-                continue
             try:
-                upload_id = self.upload(path)
+                if kind_of(path) and (size := os.path.getsize(path)) > limit:  # the server would refuse it after the upload
+                    raise too_large(path, size, limit)
+                upload_id = self.upload(path, max_bytes=limit if kind_of(path) else None)
                 results.append(self.call("memory_ingest", on_event=on_progress, timeout=max(self.timeout, 1800.0),
                                           upload_id=upload_id, source=path))
-            except RemoteError as exc:
-                results.append({"source": path, "status": "refused", "code": exc.code, "error": exc.message})
+            except (RemoteError, BatosError) as exc:
+                results.append({"source": path, "status": "refused", "code": exc.code, "error": exc.message if isinstance(exc, RemoteError) else str(exc)})
+            except OSError as exc:
+                results.append({"source": path, "status": "skipped", "error": f"{path}: {exc.strerror or exc}"})
         return results
 
     def memory_search(self, query: str, k: int = 5, mode: str = "hybrid", diverse: bool = False) -> list[dict]:
@@ -226,16 +231,23 @@ class Client(_Calls):
         ``hybrid``, ``lexical`` or ``vector``; ``diverse`` drops near-duplicates (MMR)."""
         return self.call("memory_search", query=query, k=k, mode=mode, diverse=diverse)
 
-    def upload(self, path: str | os.PathLike, on_progress: Callable[[int, int], None] | None = None) -> str:
-        """Stream a file to the server in chunks; return the upload id to name it by."""
+    def upload(self, path: str | os.PathLike, on_progress: Callable[[int, int], None] | None = None,
+               max_bytes: int | None = None) -> str:
+        """Stream a regular file to the server in chunks; return the upload id to name it by.
+        OSError for anything but a regular file; TooLarge once more than ``max_bytes`` were read."""
         upload_id = uuid.uuid4().hex
-        total = os.path.getsize(path)
-        offset = 0
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO swapped in must not block the open
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            total = os.fstat(fd).st_size
+            offset = 0
             while True:
                 chunk = f.read(UPLOAD_CHUNK)
                 if not chunk and offset:
                     break
+                if max_bytes is not None and offset + len(chunk) > max_bytes:
+                    raise TooLarge(f"{path}: more than {max_bytes} bytes; memory takes files of at most that size")
                 self.call("upload", upload_id=upload_id, offset=offset, data=chunk)
                 offset += len(chunk)
                 if on_progress:
@@ -254,23 +266,39 @@ class Client(_Calls):
         self.close()
 
 
-def memory_files(paths: list[str | os.PathLike]) -> list[str]:
-    """Absolute paths of the files named, folders walked for the files memory takes (others in a
-    folder are skipped; a file named outright is always sent, and the server says if it refuses it)."""
+def memory_files(paths: list[str | os.PathLike]) -> tuple[list[str], list[dict]]:
+    """(absolute paths of the files to send, what was skipped and why). Folders are walked for the
+    files memory takes; only regular files are sent, and in a folder a link is followed only
+    when it stays inside that folder. A file named outright is sent if it is a regular file, and
+    the server says if it refuses it."""
     from batos.memory.extract import kind_of
 
-    missing = [str(p) for p in paths if not os.path.exists(p)]
+    missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
     found: list[str] = []
+    skipped: list[dict] = []
+
+    def take(path: str, root: str | None) -> None:
+        real = os.path.realpath(path)
+        if root is not None and os.path.commonpath([real, root]) != root:
+            skipped.append({"source": path, "status": "skipped", "error": f"{path}: a link that leaves {root}"})
+        elif not os.path.isfile(real):  # a FIFO, a device, a socket, a broken link
+            skipped.append({"source": path, "status": "skipped", "error": f"{path}: not a regular file"})
+        else:
+            found.append(path)
+
     for path in map(os.path.abspath, paths):
         if not os.path.isdir(path):
-            found.append(path)
+            take(path, None)
             continue
-        for folder, subfolders, files in os.walk(path):
+        root = os.path.realpath(path)
+        for folder, subfolders, files in os.walk(root):
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-            found.extend(os.path.join(folder, f) for f in sorted(files) if kind_of(f) and not f.startswith("."))
-    return found
+            for name in sorted(files):
+                if kind_of(name) and not name.startswith("."):
+                    take(os.path.join(folder, name), root)
+    return found, skipped
 
 
 class AsyncClient(_Calls):

@@ -48,7 +48,7 @@ class ServiceCall:
 
 def resolve_target(root, target: str) -> UvmObject:
     """The object a request names: a root name, or an oid written ``0x..``."""
-    if OID_TEXT.match(target):
+    if OID_TEXT.fullmatch(target):
         try:
             obj = root._p_jar.get(int(target, 16).to_bytes(8, "big"))
         except POSKeyError:

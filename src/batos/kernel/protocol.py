@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+import math
+
 import ormsgpack
 
 from batos.errors import BatosError
@@ -18,6 +20,7 @@ MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 MAX_FRAMES = 8  # identity frames from a few proxy hops, a delimiter, the payload
 MAX_ID_LENGTH = 128
 MAX_NAME_LENGTH = 256
+MAX_DAYS = 36500  # a century: older is "everything", and a larger number is a mistake
 
 
 class Code:
@@ -128,12 +131,38 @@ class Context:
         return self.request.peer
 
 
+def has_trailing_bytes(payload: bytes) -> bool:
+    """Whether ``payload`` (known to decode) holds more than its first msgpack object: only then
+    does it still decode without its last byte (both decodes run in C)."""
+    try:
+        ormsgpack.unpackb(payload[:-1])
+    except (ormsgpack.MsgpackDecodeError, ValueError, TypeError, RecursionError):
+        return False
+    return True
+
+
+def too_deep(message: Any) -> bool:
+    """Whether ``message`` nests deeper than the encoder's own limit (255 levels), past which
+    the kernel's converters would exhaust the interpreter's stack (the encoder runs in C)."""
+    try:
+        ormsgpack.packb(message)
+    except TypeError as exc:
+        return "ecursion" in str(exc)
+    return False
+
+
 def decode(payload: bytes, peer: bytes = b"") -> Request:
     """Parse and validate one payload frame; ProtocolError says what is wrong with it."""
     try:
         message = ormsgpack.unpackb(payload)
-    except (ormsgpack.MsgpackDecodeError, ValueError, TypeError) as exc:
+    except (ormsgpack.MsgpackDecodeError, ValueError, TypeError, RecursionError) as exc:
+        if "ecursion" in str(exc) or isinstance(exc, RecursionError):
+            raise ProtocolError(Code.TOO_LARGE, "payload is nested too deeply") from None
         raise ProtocolError(Code.BAD_REQUEST, f"payload is not valid msgpack: {exc}") from None
+    if too_deep(message):
+        raise ProtocolError(Code.TOO_LARGE, "payload is nested too deeply")
+    if has_trailing_bytes(payload):
+        raise ProtocolError(Code.BAD_REQUEST, "payload has bytes after its msgpack map; send exactly one map per frame")
     if not isinstance(message, dict):
         raise ProtocolError(Code.BAD_REQUEST, f"payload must be a map, not {type(message).__name__}")
     request_id = message.get("id")
@@ -158,6 +187,8 @@ def decode(payload: bytes, peer: bytes = b"") -> Request:
             raise ProtocolError(Code.BAD_REQUEST, f"field {name!r} must be {expected}, not {type(value).__name__}")
         if name in _NAME_FIELDS and not 0 < len(value) <= MAX_NAME_LENGTH:
             raise ProtocolError(Code.BAD_REQUEST, f"field {name!r} must be 1 to {MAX_NAME_LENGTH} characters")
+        if name == "days" and not (math.isfinite(value) and 0 <= value <= MAX_DAYS):
+            raise ProtocolError(Code.BAD_REQUEST, f"'days' must be a number from 0 to {MAX_DAYS}, not {value!r}")
     if "kwargs" in fields and not all(isinstance(k, str) for k in fields["kwargs"]):
         raise ProtocolError(Code.BAD_REQUEST, "'kwargs' keys must be strings")
     return Request(request_id, op, fields, peer)

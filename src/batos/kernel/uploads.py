@@ -22,7 +22,7 @@ class Uploads:
         self.folder = Path(folder)
 
     def path(self, upload_id: str) -> Path:
-        if not UPLOAD_ID.match(upload_id):
+        if not UPLOAD_ID.fullmatch(upload_id):
             raise ProtocolError(Code.BAD_REQUEST, "upload_id must be 1 to 64 letters, digits, '-' or '_'")
         return self.folder / upload_id
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -38,6 +37,19 @@ class Chunk:
         return f"{self.section}\n{self.text}" if self.section else self.text
 
 
+
+def markdown_heading(line: str) -> tuple[int, str] | None:
+    """(level, title) of an ATX heading line (``## Title ##``), or None; linear in the line
+    (a regex for it backtracks cubically on a long run of spaces)."""
+    level = len(line) - len(line.lstrip("#"))
+    if not 1 <= level <= 6 or len(line) == level or not line[level].isspace():
+        return None
+    title = line[level:].strip()
+    closed = title.rstrip("#")
+    if closed != title and (not closed or closed[-1].isspace()):
+        title = closed.rstrip()
+    return (level, title) if title else None
+
 def blocks(text: str) -> list[Block]:
     """The document as headings, paragraphs and fenced code blocks, in order."""
     found: list[Block] = []
@@ -54,7 +66,7 @@ def blocks(text: str) -> list[Block]:
 
     while i < len(lines):
         line = lines[i]
-        heading = HEADING.match(line)
+        heading = markdown_heading(line)
         if FENCE.match(line):
             close_paragraph()
             fence, start, body = FENCE.match(line).group(1), offset, [line]
@@ -71,7 +83,7 @@ def blocks(text: str) -> list[Block]:
             continue
         if heading:
             close_paragraph()
-            found.append(Block("heading", heading.group(2), offset, len(heading.group(1))))
+            found.append(Block("heading", heading[1], offset, heading[0]))
         elif not line.strip():
             close_paragraph()
         else:
