@@ -153,7 +153,7 @@ def implant(self):
         kept.append(job)
         return real_run(worker, job)
     child.Worker.run = spying
-    child.compile_method = lambda *a, **k: (lambda receiver, *args: "hijacked")
+    child.load_method = lambda *a, **k: (lambda receiver, *args: "hijacked")
     return "implanted"
 '''
 

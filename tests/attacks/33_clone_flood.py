@@ -1,5 +1,5 @@
 # finding: 8 (creating objects without end)
-# expect: timeout
+# expect: timeout too_large
 def attack(self):
     made = []
     while True:

@@ -19,7 +19,8 @@ class IUvmObject(Interface):
     Names beginning with ``_p_`` or ``_v_`` keep their ZODB meaning and never become slots.
     """
 
-    _slots = Attribute("PersistentMapping from slot name to value")
+    _slots = Attribute("OOBTree from slot name to value (a PersistentMapping in objects not written "
+                       "since images kept them so)")
 
     def clone(deep=False):
         """Return a new object whose own slots are copies of this object's slots.

@@ -7,6 +7,7 @@ import time
 from typing import Any, Iterator
 
 import persistent
+from BTrees.OOBTree import OOBTree
 from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 from zope.interface import implementer
@@ -47,12 +48,15 @@ def _fresh_containers(value: Any) -> Any:
 
 @implementer(IUvmObject)
 class UvmObject(persistent.Persistent):
-    """A prototype object: slots in a PersistentMapping, delegation through ``parent*``."""
+    """A prototype object: slots in an OOBTree (one slot written rewrites one bucket of at most a
+    few dozen slots, never the whole table), delegation through ``parent*``. Objects written
+    before the tree kept their slots in a PersistentMapping; the first write through
+    ``__setattr__`` or ``__delattr__`` moves them into a tree."""
 
     _kernel_slots: str | tuple[str, ...] | None = None  # see batos.image.protection
 
     def __init__(self, parents: list[UvmObject] | None = None, **slots: Any):
-        self._slots = PersistentMapping()
+        self._slots = OOBTree()
         if parents:
             self._slots[PARENT_SLOT] = PersistentList(parents)
         for name, value in slots.items():
@@ -76,7 +80,7 @@ class UvmObject(persistent.Persistent):
         if name.startswith("_"):
             super().__setattr__(name, value)
             return
-        self._slots[name] = persistent_copy(value)  # the mapping records the change: one record per write
+        self._slot_table()[name] = persistent_copy(value)  # the tree records the change: one bucket per write
 
     def __delattr__(self, name: str) -> None:
         if self._p_delattr(name):
@@ -85,12 +89,18 @@ class UvmObject(persistent.Persistent):
             super().__delattr__(name)
             return
         try:
-            del self._slots[name]
+            del self._slot_table()[name]
         except KeyError:
             raise AttributeError(f"{describe_short(self)} has no slot {name!r}") from None
 
     def __repr__(self) -> str:
         return f"<UvmObject {describe_short(self)}>"
+
+    def _slot_table(self) -> OOBTree:
+        """The slots as a tree, moving them out of an older image's PersistentMapping first."""
+        if not isinstance(self._slots, OOBTree):
+            self._slots = OOBTree(dict(self._slots))
+        return self._slots
 
     def clone(self, deep: bool = False) -> UvmObject:
         """See IUvmObject.clone."""

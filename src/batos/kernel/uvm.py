@@ -420,4 +420,5 @@ class UVM:
             "messages": dict(self.counts),
             "llm": self.core.stats() if self.core else {"state": "off"},
             "sandbox": self.sandbox.stats(),
+            "embeddings": self.embedder.stats(),
         }

@@ -21,7 +21,9 @@ the UVM decides what may be written. Every frame of a call carries the call's no
 
 from __future__ import annotations
 
+import gc
 import json
+import marshal
 import os
 import sys
 import traceback
@@ -29,10 +31,8 @@ from typing import Any, Callable
 
 from batos.sandbox import channel as wire
 from batos.sandbox.channel import Channel, Ref
-from batos.sandbox.confine import SANDBOX_UID, confine, load_libseccomp, seal_call
-from batos.sandbox.restricted import compile_method
-
-METHOD_FILE_PREFIX = "<batos-method "
+from batos.sandbox.confine import SANDBOX_UID, CallSeal, confine, load_libseccomp
+from batos.sandbox.restricted import METHOD_FILE_PREFIX, compile_method, define_method, method_code
 DELETED = object()
 
 
@@ -127,7 +127,7 @@ class Call:
         if kind == "service":
             raise TypeError(f"{name!r} is a service of the runtime; send it as a message, it cannot run inside a method")
         if kind == "method":
-            function = self.worker.function(found["selector"], found["digest"], found.get("source"))
+            function = self.worker.function(found["selector"], found["digest"], found.get("source"), found.get("code"))
             receiver = self.proxy(handle)
             bound = lambda *args, **kwargs: function(receiver, *args, **kwargs)  # noqa: E731
         else:
@@ -168,6 +168,14 @@ class Call:
         return reply.get("v")
 
 
+def load_method(selector: str, source: str | None, code: bytes | None) -> Callable:
+    """The method's function, defined on the capability proxies. The UVM sends its own compile of
+    the source (trusted bytes: it compiled them), so a call never compiles."""
+    if code is not None:
+        return define_method(selector, marshal.loads(code), (ObjectProxy,))
+    return compile_method(selector, source, f"{METHOD_FILE_PREFIX}{selector}>", (ObjectProxy,))
+
+
 class Worker:
     """One call's server: runs the job it is given and answers with the final frame."""
 
@@ -176,10 +184,11 @@ class Worker:
         self.nonce = ""
         self.compiled: dict[str, Callable] = {}
 
-    def function(self, selector: str, digest: str, source: str | None) -> Callable:
-        """The compiled function; ``source`` may be left out once this call has compiled it."""
+    def function(self, selector: str, digest: str, source: str | None, code: bytes | None) -> Callable:
+        """The function the UVM compiled (``code``, marshalled) or, without it, ``source``
+        compiled here."""
         if digest not in self.compiled:
-            self.compiled[digest] = compile_method(selector, source, f"{METHOD_FILE_PREFIX}{selector}>", (ObjectProxy,))
+            self.compiled[digest] = load_method(selector, source, code)
         return self.compiled[digest]
 
     def serve_one(self) -> None:
@@ -193,7 +202,7 @@ class Worker:
         done = {"t": "done", "n": self.nonce}
         call = Call(self, job.get("slots") or {})
         try:
-            function = self.function(job["selector"], job["digest"], job.get("source"))
+            function = self.function(job["selector"], job["digest"], job.get("source"), job.get("code"))
             result = function(call.proxy(0), *call.local(job.get("args") or []), **call.local(job.get("kwargs") or {}))
             writes = call.changes()
             try:
@@ -212,14 +221,15 @@ class Worker:
 class Zygote:
     """Forks one child per call (see the module docstring); holds nothing a call could use."""
 
-    def __init__(self, channel: Channel, ready_fd: int, libseccomp: Any):
+    def __init__(self, channel: Channel, ready_fd: int, seal: CallSeal):
         self.channel = channel
         self.ready_fd = ready_fd
-        self.libseccomp = libseccomp
+        self.seal = seal
 
     def serve(self) -> None:
         """Until the UVM closes the ready pipe: keep one child waiting, release it once the one
         before it is reaped."""
+        gc.freeze()  # what the zygote holds is never collected, so no child copies it to look
         current = self.fork_child()
         self.release(current)
         while True:
@@ -236,7 +246,9 @@ class Zygote:
             try:
                 os.close(go_write)
                 os.close(self.ready_fd)
-                if seal_call(self.libseccomp) is None and os.read(go_read, 1) == b"g":
+                gc.disable()  # a call is short and bounded by its rlimits; collecting would copy the zygote's pages
+                rehearse()
+                if self.seal.apply() is None and os.read(go_read, 1) == b"g":
                     os.close(go_read)
                     Worker(self.channel).serve_one()
             finally:
@@ -271,17 +283,30 @@ def failure(exc: BaseException) -> dict:
     return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:2000]}{where}"}
 
 
+WARM_UP_SOURCE = "def f(self, x=1):\n    print('')\n    return [f'{x}', sorted({'a': 1}), 1 / 0]\n"
+
+
 def warm_up() -> None:
     """Load, while files can still be opened, everything a call may need later."""
     call = Call(Worker(Channel(-1, -1, 0)), {})
-    function = compile_method("f", "def f(self, x=1):\n    print('')\n    return [f'{x}', sorted({'a': 1}), 1 / 0]\n",
-                              f"{METHOD_FILE_PREFIX}f>", (ObjectProxy,))
+    function = load_method("f", WARM_UP_SOURCE, None)
     try:
         function(call.proxy(0))
     except ZeroDivisionError as exc:
         wire.pack(failure(exc))
     wire.pack(described([{1, 2}, range(2), 10**30]))
     "é".encode("utf-8").decode("latin-1").encode("ascii", "replace")
+
+
+REHEARSAL = wire.pack({"t": "call", "n": "", "selector": "rehearse", "digest": "", "slots": {"name": "x"},
+                       "code": method_code("rehearse", "def rehearse(self, x):\n    return [x, self.name]\n"),
+                       "args": [1], "kwargs": {}})
+
+
+def rehearse() -> None:
+    """A practice call in a fresh child, before its real one: the pages a call touches are copied
+    from the zygote now, not while the caller waits."""
+    Worker(Channel(-1, -1, 0)).run(wire.unpack(REHEARSAL))
 
 
 STATUS_FIELDS = ("Uid", "Gid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
@@ -306,12 +331,13 @@ def main() -> None:
     warm_up()
     status = os.open("/proc/self/status", os.O_RDONLY)
     libseccomp = load_libseccomp()
+    seal = CallSeal(libseccomp)
     applied, missing = confine(limits["memory_bytes"], limits["cpu_seconds"], limits["open_files"],
                                limits.get("uid", SANDBOX_UID), libseccomp)
     channel.send({"t": "hello", "pid": os.getpid(), "applied": applied, "missing": missing,
                   "status": kernel_status(status)})
     try:
-        Zygote(channel, limits["ready_fd"], libseccomp).serve()
+        Zygote(channel, limits["ready_fd"], seal).serve()
     except OSError:  # the UVM closed its end: nothing left to serve
         os._exit(0)
 

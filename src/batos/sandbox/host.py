@@ -26,10 +26,13 @@ from batos.image.protection import check_parents, check_writable
 from batos.sandbox import channel as wire
 from batos.sandbox.channel import ChannelError, ChannelTimeout, FrameTooLarge, Ref
 from batos.sandbox.pool import SandboxLimits, SandboxPool
+from batos.sandbox.restricted import method_code
 
 # The trait primitives a method may call; services (the model) and dispatch's last resort may not.
 PRIMITIVES_FOR_METHODS = frozenset({"clone", "describe", "oid", "slot_names"})
 MAX_SNAPSHOT_BYTES = 256 * 1024
+MAX_NEW_OBJECTS = 1000  # objects one message may create
+OBJECT_BYTES = 256  # what a new object costs the image before its slots
 
 
 class MethodError(BatosError):
@@ -81,6 +84,7 @@ class CallHost:
         self.handles: dict[int, int] = {}  # id(object) -> handle
         self.refusal: BatosError | None = None
         self.written_bytes = 0
+        self.new_objects = 0
 
     # values out ------------------------------------------------------------------------------------
 
@@ -172,6 +176,33 @@ class CallHost:
                 self.refusal = self.refusal or BatosError(str(exc), code="bad_request")
                 raise self.refusal from None
 
+    def count_written(self, size: int) -> None:
+        """Add ``size`` bytes to what this message writes; TooLarge past the limit."""
+        self.written_bytes += size
+        if self.written_bytes > self.limits.max_write_bytes:
+            raise TooLarge(f"one message may write at most {self.limits.max_write_bytes} bytes "
+                           "(slot names, values and the objects it creates)")
+
+    def count_clone(self, receiver: UvmObject, deep: bool) -> None:
+        """Count what cloning ``receiver`` would write (every object a deep clone copies) before
+        it is done; TooLarge when that is over this message's limits."""
+        stack, seen = [receiver], set()
+        while stack:
+            obj = stack.pop()
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            self.new_objects += 1
+            if self.new_objects > MAX_NEW_OBJECTS:
+                raise TooLarge(f"one message may create at most {MAX_NEW_OBJECTS} objects")
+            self.count_written(OBJECT_BYTES)
+            for name, value in obj._slots.items():
+                if name == PARENT_SLOT:
+                    continue
+                self.count_written(len(name) + self.sized(value)[1])
+                if deep and isinstance(value, UvmObject):
+                    stack.append(value)
+
     def _apply_one(self, target: UvmObject, name: str, value: Any, deleted: bool) -> None:
         if not name or name.startswith("_") or len(name) > 256:
             raise ValueError(f"a method may not write a slot named {name[:64]!r}")
@@ -179,9 +210,7 @@ class CallHost:
         if deleted:
             target._slots.pop(name, None)
             return
-        self.written_bytes += check_stored_value(name, value, self.limits)
-        if self.written_bytes > self.limits.max_write_bytes:
-            raise TooLarge(f"one message may write at most {self.limits.max_write_bytes} bytes")
+        self.count_written(len(name.encode()) + check_stored_value(name, value, self.limits))
         converted = self.incoming(value)
         if name == PARENT_SLOT:
             check_parents(converted)
@@ -200,7 +229,8 @@ class CallHost:
                 return {"k": "primitive"} if value.primitive in PRIMITIVES_FOR_METHODS else {"k": "service"}
             if value.facet_system:
                 return {"k": "service"}
-            return {"k": "method", "selector": value.selector, "digest": method_digest(value), "source": value.source}
+            return {"k": "method", "selector": value.selector, "digest": method_digest(value), "source": value.source,
+                    "code": compiled(value.selector, value.source)}
         return {"k": "data", "v": self.outgoing(value)}
 
     def answer_primitive(self, message: dict) -> Any:
@@ -213,11 +243,22 @@ class CallHost:
         kwargs = self.incoming(message.get("kwargs") or {})
         if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise ChannelError("malformed arguments")
+        if value.primitive == "clone":
+            self.count_clone(receiver, bool(kwargs.get("deep", args[0] if args else False)))
         try:
             result = primitives.get(value.primitive)(receiver, *args, **kwargs)
         except TypeError as exc:
             raise MethodError(f"{name}: {exc}") from None
         return self.outgoing(result)
+
+
+def compiled(selector: str, source: str) -> bytes | None:
+    """The worker's code for ``source``; None when RestrictedPython refuses it (the worker then
+    compiles the source itself, and reports the refusal as the method's error)."""
+    try:
+        return method_code(selector, source)
+    except SyntaxError:
+        return None
 
 
 def method_digest(method: Method) -> str:
@@ -241,6 +282,7 @@ def run_method(pool: SandboxPool, selector: str, source: str, receiver: UvmObjec
     host.handle(receiver)
     nonce = secrets.token_hex(16)
     job = {"t": "call", "n": nonce, "selector": selector, "digest": digest, "source": source,
+           "code": compiled(selector, source),
            "slots": host.receiver_slots(receiver), "args": host.outgoing(list(args)), "kwargs": host.outgoing(dict(kwargs))}
     try:
         worker = pool.checkout(timeout=budget)

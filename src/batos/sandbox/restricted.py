@@ -1,8 +1,9 @@
 """Turning a Method's source into code with RestrictedPython.
 
 Every stored method, whoever wrote it, is compiled here. :func:`check_compiles` only compiles (the
-UVM uses it to refuse source early and never runs what it compiles); :func:`compile_method` also
-executes the ``def`` and is called only inside a sandbox worker. Attribute reads go through a
+UVM uses it to refuse source early and never runs what it compiles; :func:`method_code` is the
+same compile, marshalled for a worker); :func:`compile_method` and :func:`define_method` also
+execute the ``def`` and are called only inside a sandbox worker. Attribute reads go through a
 guard that decides by the type of what is read (plain data's public names, the proxies' slots,
 nothing of generators, frames, code or functions; see READABLE), writes are allowed only to capability proxies and
 plain containers, and the builtins are a small safe set. Two rewrites come first, because
@@ -15,6 +16,8 @@ RestrictedPython says of itself that it is not a sandbox on its own; it is one l
 from __future__ import annotations
 
 import ast
+import functools
+import marshal
 import operator
 import warnings
 from types import CodeType
@@ -24,6 +27,7 @@ from RestrictedPython import compile_restricted, limited_builtins, safe_builtins
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
 from RestrictedPython.PrintCollector import PrintCollector
 
+METHOD_FILE_PREFIX = "<batos-method "  # the file name of a method's code, as tracebacks show it
 PLAIN_WRITABLE = (list, dict, set, bytearray)
 MORE_BUILTINS = {fn.__name__: fn for fn in (
     sorted, min, max, sum, enumerate, zip, map, filter, any, all, reversed, dict, list, tuple, set,
@@ -181,6 +185,23 @@ def restricted_globals(capabilities: tuple[type, ...] = ()) -> dict[str, Any]:
 def compile_method(selector: str, source: str, filename: str,
                    capabilities: tuple[type, ...] = ()) -> Callable[..., Any]:
     """The function ``selector`` defined by ``source`` (runs the ``def``: sandbox workers only)."""
+    return define_method(selector, restricted_code(source, filename), capabilities)
+
+
+def define_method(selector: str, code: CodeType, capabilities: tuple[type, ...] = ()) -> Callable[..., Any]:
+    """The function ``selector`` that restricted ``code`` defines (runs the ``def``: sandbox
+    workers only)."""
     namespace = restricted_globals(capabilities)
-    exec(restricted_code(source, filename), namespace)
+    exec(code, namespace)
     return namespace[selector]
+
+
+@functools.lru_cache(maxsize=1024)
+def method_code(selector: str, source: str) -> bytes:
+    """``source`` compiled under RestrictedPython, marshalled: what the UVM sends a sandbox worker,
+    so that a worker's fresh child only loads and defines it (compiling there costs it the most).
+    Compiling runs none of the source; SyntaxError as for :func:`check_compiles`."""
+    try:
+        return marshal.dumps(restricted_code(source, f"{METHOD_FILE_PREFIX}{selector}>"))
+    except (RecursionError, MemoryError, ValueError) as exc:
+        raise SyntaxError(f"the source is too complex to compile ({type(exc).__name__})") from None
