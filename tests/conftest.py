@@ -110,8 +110,9 @@ def image(image_path: Path):
     img.close()
 
 
-def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    return subprocess.run([*BATOS, *args], capture_output=True, text=True, timeout=timeout)
+def run_cli(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*BATOS, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **env} if env else None)
 
 
 @contextlib.contextmanager

@@ -512,6 +512,11 @@ def cmd_keys(args) -> int:
     import zmq
 
     public, secret = zmq.curve_keypair()
+    if args.client:
+        print(f"BATOS_CURVE_CLIENT_SECRET_KEY={secret.decode()}   # for this client; keep it secret")
+        print(f"BATOS_CURVE_CLIENT_PUBLIC_KEY={public.decode()}   # for this client, and a line of the UVM's BATOS_CLIENTS file:")
+        print(f"# {public.decode()} user NAME      (or admin)")
+        return EXIT_OK
     print(f"BATOS_CURVE_SECRET_KEY={secret.decode()}   # for `batos run`; keep it secret")
     print(f"BATOS_CURVE_SERVER_KEY={public.decode()}   # for clients")
     return EXIT_OK
@@ -756,7 +761,10 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--force", action="store_true", help="replace an existing image")
     restore.set_defaults(image_handler=cmd_restore)
 
-    keys = commands.add_parser("keys", help="make a CURVE key pair for a non-loopback endpoint")
+    keys = commands.add_parser("keys", help="make a CURVE key pair: the UVM's (for a non-loopback endpoint or "
+                                             "BATOS_CLIENTS), or with --client a client's")
+    keys.add_argument("--client", action="store_true",
+                      help="a client's key pair, to list in the UVM's BATOS_CLIENTS file (PUBLIC_KEY ROLE NAME)")
     keys.set_defaults(image_handler=cmd_keys)
     return parser
 

@@ -50,19 +50,23 @@ def default_endpoint() -> str:
 class _Calls:
     """Request building and reply reading shared by both clients."""
 
-    def __init__(self, endpoint: str | None, timeout: float, server_key: str | None):
+    def __init__(self, endpoint: str | None, timeout: float, server_key: str | None,
+                 client_keys: tuple[str, str] | None = None):
         self.endpoint = endpoint or default_endpoint()
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.timeout = timeout
         self.server_key = server_key or os.environ.get("BATOS_CURVE_SERVER_KEY")
+        # A UVM with a clients file admits only listed keys: this client's own pair, when it has one.
+        self.client_keys = client_keys or (os.environ.get("BATOS_CURVE_CLIENT_PUBLIC_KEY"),
+                                           os.environ.get("BATOS_CURVE_CLIENT_SECRET_KEY"))
         self.last_reply: dict[str, Any] | None = None
         self._ids = (f"{uuid.uuid4().hex[:8]}-{n}" for n in itertools.count(1))
 
     def _configure(self, sock: zmq.Socket) -> None:
         sock.setsockopt(zmq.LINGER, 0)
         if self.server_key:
-            public, secret = zmq.curve_keypair()
+            public, secret = (k.encode() for k in self.client_keys) if all(self.client_keys) else zmq.curve_keypair()
             sock.curve_serverkey = self.server_key.encode()
             sock.curve_publickey = public
             sock.curve_secretkey = secret
@@ -131,8 +135,9 @@ def _text_events(stream: Callable[[str], None] | None, on_event: EventCallback |
 class Client(_Calls):
     """Blocking client: ``Client(endpoint, timeout=...)``."""
 
-    def __init__(self, endpoint: str | None = None, timeout: float = DEFAULT_TIMEOUT, server_key: str | None = None):
-        super().__init__(endpoint, timeout, server_key)
+    def __init__(self, endpoint: str | None = None, timeout: float = DEFAULT_TIMEOUT, server_key: str | None = None,
+                 client_keys: tuple[str, str] | None = None):
+        super().__init__(endpoint, timeout, server_key, client_keys)
         self._context = zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._configure(self._socket)
@@ -304,8 +309,9 @@ def memory_files(paths: list[str | os.PathLike]) -> tuple[list[str], list[dict]]
 class AsyncClient(_Calls):
     """asyncio client with the same calls as :class:`Client`, as coroutines."""
 
-    def __init__(self, endpoint: str | None = None, timeout: float = DEFAULT_TIMEOUT, server_key: str | None = None):
-        super().__init__(endpoint, timeout, server_key)
+    def __init__(self, endpoint: str | None = None, timeout: float = DEFAULT_TIMEOUT, server_key: str | None = None,
+                 client_keys: tuple[str, str] | None = None):
+        super().__init__(endpoint, timeout, server_key, client_keys)
         self._context = zmq.asyncio.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._configure(self._socket)

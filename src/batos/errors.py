@@ -32,6 +32,12 @@ class RateLimited(BatosError):
     code = "rate_limited"
 
 
+class Forbidden(BatosError):
+    """The client's role may not do this (an admin's op asked by a user); nothing was done."""
+
+    code = "forbidden"
+
+
 class NotFound(BatosError):
     """No such object, slot, cycle, model or expert."""
 

@@ -3,6 +3,8 @@
 Each incoming message is ``envelope + [payload]``: every frame but the last is the envelope (the
 peer's identity and, from REQ peers, the empty delimiter) and goes back unchanged with the reply.
 Replies to peers that have gone away are dropped and logged (ROUTER_MANDATORY makes that visible).
+With a clients file, only listed CURVE keys connect (see :mod:`batos.kernel.identities`), and each
+request carries its sender's principal.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from batos.kernel import protocol
+from batos.kernel.identities import OWNER, ZAP_DOMAIN, Gate, Principal
 from batos.kernel.protocol import Code, ProtocolError, Request
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class Bridge:
         max_in_flight: int = 1024,
         curve_secret_key: str | None = None,
         max_reply_bytes: int = protocol.MAX_MESSAGE_SIZE,
+        principals: dict[str, Principal] | None = None,
     ):
         self.endpoint = endpoint
         self.max_reply_bytes = max_reply_bytes
@@ -65,6 +69,8 @@ class Bridge:
         self.max_message_size = max_message_size
         self.max_in_flight = max_in_flight
         self.curve_secret_key = curve_secret_key
+        self.principals = principals
+        self.gate: Gate | None = None
         self.context: zmq.Context | None = None
         self.socket: zmq.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -78,7 +84,13 @@ class Bridge:
                 f"{self.endpoint} is not a loopback address: binding it needs CURVE encryption "
                 f"(set BATOS_CURVE_SECRET_KEY; `batos keys` makes a key pair)"
             )
+        if self.principals is not None and not self.curve_secret_key:
+            raise BridgeError("BATOS_CLIENTS admits clients by their CURVE keys: the UVM needs its own "
+                              "(set BATOS_CURVE_SECRET_KEY; `batos keys` makes a key pair)")
         self.context = zmq.Context()
+        if self.principals is not None:
+            self.gate = Gate(self.context, self.principals)
+            self.gate.start()
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
@@ -86,6 +98,7 @@ class Bridge:
         if self.curve_secret_key:
             sock.curve_server = True
             sock.curve_secretkey = self.curve_secret_key.encode()
+            sock.zap_domain = ZAP_DOMAIN.encode()
         self.socket = sock
         try:
             sock.bind(self.endpoint)
@@ -116,17 +129,24 @@ class Bridge:
         for _ in range(RECEIVE_BURST):
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
-            self._accept(sock.recv_multipart(zmq.NOBLOCK))
+            if self.gate is None:
+                self._accept(sock.recv_multipart(zmq.NOBLOCK), OWNER)
+                continue
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            principal = self.gate.principal_of(frames[-1])
+            if principal is not None:  # ZAP admitted the connection, so this cannot fail; if it did, say nothing
+                self._accept([frame.bytes for frame in frames], principal)
         self._loop.call_soon(self._drain)  # let other callbacks run before reading on
 
-    def _accept(self, parts: list[bytes]) -> None:
+    def _accept(self, parts: list[bytes], principal: Principal) -> None:
         if len(parts) > protocol.MAX_FRAMES:
             self._send(parts[:1], protocol.error_reply(
                 None, Code.BAD_REQUEST, f"too many frames ({len(parts)}); send one payload frame"))
             return
         envelope, payload = parts[:-1], parts[-1]
         try:
-            request = protocol.decode(payload, peer=envelope[0] if envelope else b"")
+            peer = principal.key.encode() if self.gate else (envelope[0] if envelope else b"")
+            request = protocol.decode(payload, peer=peer, principal=principal)
         except ProtocolError as exc:
             self._send(envelope, protocol.error_reply(protocol.request_id_of(payload), exc.code, exc.message))
             return
@@ -179,5 +199,7 @@ class Bridge:
     def close(self) -> None:
         if self.socket is not None:
             self.socket.close()
+        if self.gate is not None:
+            self.gate.stop()
         if self.context is not None:
             self.context.term()

@@ -15,6 +15,7 @@ import math
 import ormsgpack
 
 from batos.errors import BatosError
+from batos.kernel.identities import OWNER, Principal
 
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 MAX_FRAMES = 8  # identity frames from a few proxy hops, a delimiter, the payload
@@ -42,6 +43,7 @@ class Code:
     IMPORT_FAILED = "import_failed"  # a model or adapter could not be imported; nothing was written
     PROTECTED = "protected"  # a kernel object or kernel slot; only the kernel changes it
     TOO_LARGE = "too_large"  # a value, source, reply or write set over its limit; nothing was written
+    FORBIDDEN = "forbidden"  # the client's role may not do this (an admin's op); nothing was done
     RATE_LIMITED = "rate_limited"  # too many cycles started by this client in the last minute
     BUSY = "busy"  # too many requests in flight
     SHUTTING_DOWN = "shutting_down"
@@ -65,6 +67,7 @@ class Op:
     optional: dict[str, tuple]
     writes: bool
     service: str
+    admin: bool = False  # only a principal with the admin role may ask it
 
 
 SERVICES = ("kernel", "image", "cycles", "models", "mind", "memory")
@@ -75,7 +78,7 @@ _ANY = object
 OPS: dict[str, Op] = {
     "ping": Op({}, {}, False, "kernel"),
     "stats": Op({}, {}, False, "kernel"),
-    "pack": Op({}, {"days": (int, float)}, True, "kernel"),
+    "pack": Op({}, {"days": (int, float)}, True, "kernel", admin=True),
     "describe": Op({"target": (str,)}, {}, False, "image"),
     "get": Op({"target": (str,), "slot": (str,)}, {}, False, "image"),
     "set": Op({"target": (str,), "slot": (str,), "value": (_ANY,)}, {}, True, "image"),
@@ -86,20 +89,20 @@ OPS: dict[str, Op] = {
     "method_rollback": Op({"target": (str,), "selector": (str,), "version": (int,)}, {}, True, "image"),
     "cycles_list": Op({}, {"all": (bool,)}, False, "cycles"),
     "cycle_show": Op({"cycle": (str,)}, {}, False, "cycles"),
-    "cycle_decide": Op({"cycle": (str,), "approve": (bool,)}, {"digest": (str,)}, True, "cycles"),
-    "cycles_prune": Op({}, {"days": (int, float)}, True, "cycles"),
+    "cycle_decide": Op({"cycle": (str,), "approve": (bool,)}, {"digest": (str,)}, True, "cycles", admin=True),
+    "cycles_prune": Op({}, {"days": (int, float)}, True, "cycles", admin=True),
     "upload": Op({"upload_id": (str,), "offset": (int,), "data": (bytes,)}, {}, False, "models"),
-    "model_import": Op({}, {"upload_id": (str,), "hub_id": (str,), "name": (str,)}, True, "models"),
+    "model_import": Op({}, {"upload_id": (str,), "hub_id": (str,), "name": (str,)}, True, "models", admin=True),
     "model_list": Op({}, {}, False, "models"),
-    "model_use": Op({"name": (str,)}, {}, True, "models"),
-    "expert_import": Op({"upload_id": (str,)}, {"name": (str,)}, True, "models"),
+    "model_use": Op({"name": (str,)}, {}, True, "models", admin=True),
+    "expert_import": Op({"upload_id": (str,)}, {"name": (str,)}, True, "models", admin=True),
     "ask": Op({"question": (str,)}, {"persona": (str,), "conversation": (str,), "depth": (str,)}, True, "mind"),
     "route": Op({"question": (str,)}, {}, False, "mind"),
-    "route_teach": Op({"text": (str,), "archetype": (str,)}, {}, True, "mind"),
+    "route_teach": Op({"text": (str,), "archetype": (str,)}, {}, True, "mind", admin=True),
     "personas": Op({}, {}, False, "mind"),
     "conversations_list": Op({}, {}, False, "mind"),
     "conversation_show": Op({"conversation": (str,)}, {}, False, "mind"),
-    "conversations_prune": Op({}, {"days": (int, float)}, True, "mind"),
+    "conversations_prune": Op({}, {"days": (int, float)}, True, "mind", admin=True),
     "memory_ingest": Op({"upload_id": (str,), "source": (str,)}, {}, True, "memory"),
     "memory_search": Op({"query": (str,)}, {"k": (int,), "mode": (str,), "diverse": (bool,)}, False, "memory"),
     "memory_show": Op({"chunk": (int,)}, {}, False, "memory"),
@@ -116,7 +119,8 @@ class Request:
     id: str
     op: str
     fields: dict[str, Any]
-    peer: bytes = b""  # the client's routing identity (which client asked), for per-client limits
+    peer: bytes = b""  # who asked, for per-client limits: the principal's key, or without identities the routing identity
+    principal: Principal = OWNER
 
 
 @dataclass
@@ -151,7 +155,7 @@ def too_deep(message: Any) -> bool:
     return False
 
 
-def decode(payload: bytes, peer: bytes = b"") -> Request:
+def decode(payload: bytes, peer: bytes = b"", principal: Principal = OWNER) -> Request:
     """Parse and validate one payload frame; ProtocolError says what is wrong with it."""
     try:
         message = ormsgpack.unpackb(payload)
@@ -191,7 +195,7 @@ def decode(payload: bytes, peer: bytes = b"") -> Request:
             raise ProtocolError(Code.BAD_REQUEST, f"'days' must be a number from 0 to {MAX_DAYS}, not {value!r}")
     if "kwargs" in fields and not all(isinstance(k, str) for k in fields["kwargs"]):
         raise ProtocolError(Code.BAD_REQUEST, "'kwargs' keys must be strings")
-    return Request(request_id, op, fields, peer)
+    return Request(request_id, op, fields, peer, principal)
 
 
 def request_id_of(payload: bytes) -> str | None:

@@ -21,7 +21,7 @@ from batos.config import settings_from_env
 from batos.image import open_image
 from batos.image.genesis import SCHEMA_KEY, Image
 from batos.image.storage import DEFAULT_IMAGE, normalize_uri
-from batos.errors import BatosError
+from batos.errors import BatosError, Forbidden
 from batos.llm.core import CognitiveCore, ModelUnavailable
 from batos.llm.generation import BackendError, ConfigurationError
 from batos.llm.settings import LLMSettings
@@ -40,6 +40,7 @@ from batos.mind.writers import writer_for
 from batos.kernel import protocol, services
 from batos.kernel.bridge import Bridge, Emit
 from batos.kernel.dispatch import SYNTHESIZE, Dispatcher, ServiceCall
+from batos.kernel.identities import ClientsFileError, read_clients
 from batos.kernel.limits import CycleStarts
 from batos.kernel.logs import MESSAGES_LOGGER
 from batos.kernel.models import MODEL_WAIT_SECONDS, ModelService
@@ -68,6 +69,7 @@ class Settings:
     drain_seconds: float = 10.0
     log_file: str = "logs/batos.jsonl"
     curve_secret_key: str | None = None
+    clients: str | None = None  # a clients file (lines PUBLIC_KEY ROLE NAME): only those keys connect
 
     llm: str = "embedded"
     approval: str = "auto"  # or "manual": synthesized methods wait for `batos cycles approve`
@@ -138,6 +140,10 @@ class UVM:
         CognitiveCore.check(self.settings.llm, llm_settings)  # a bad configuration touches nothing
         if self.settings.max_turns < 1 or self.settings.max_question_chars < 1:
             raise ConfigurationError("BATOS_MAX_TURNS and BATOS_MAX_QUESTION_CHARS must be at least 1")
+        try:
+            principals = read_clients(self.settings.clients) if self.settings.clients else None
+        except ClientsFileError as exc:
+            raise ConfigurationError(f"BATOS_CLIENTS: {exc}") from None
         self.image = open_image(self.settings.image, furnishings=(CODEX, EXEMPLARS, CONVERSATIONS, KNOWLEDGE_CATALOG))
         serve_task = None
         try:
@@ -172,6 +178,7 @@ class UVM:
                 self.settings.endpoint, self.handle,
                 max_message_size=self.settings.max_message_size,
                 curve_secret_key=self.settings.curve_secret_key,
+                principals=principals,
                 max_reply_bytes=self.settings.max_reply_bytes,
             )
             self.bridge.bind()
@@ -281,6 +288,8 @@ class UVM:
     async def _perform(self, context: Context) -> Any:
         """Route the request to the service protocol.OPS names for its op."""
         op = context.request.op
+        if protocol.OPS[op].admin and not context.request.principal.is_admin:
+            raise Forbidden(f"{op} needs the admin role; {context.request.principal.name} is a {context.request.principal.role}")
         service = {"kernel": self, "image": self, "cycles": self.cycles, "models": self.models,
                    "mind": self.mind, "memory": self.memory}[protocol.OPS[op].service]
         return await getattr(service, f"op_{op}")(context.request.fields, context)

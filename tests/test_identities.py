@@ -1,0 +1,142 @@
+"""Identities and roles: with BATOS_CLIENTS only listed CURVE keys connect (loopback included),
+admins' ops are forbidden to users, and limits and ownership key on the identity, not the socket."""
+
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from batos.client import BridgeTimeout, Client, RemoteError
+
+from conftest import Server, make_counter, model_server, run_cli, uvm  # noqa: F401  (model_server is a fixture)
+
+
+def key_pair() -> tuple[str, str]:
+    public, secret = zmq.curve_keypair()
+    return public.decode(), secret.decode()
+
+
+class Keys:
+    def __init__(self):
+        self.server = key_pair()
+        self.alice, self.bob, self.root = key_pair(), key_pair(), key_pair()
+
+    def clients_file(self, path) -> str:
+        path.write_text(f"# who may connect\n{self.alice[0]} user alice\n{self.bob[0]} user bob\n"
+                        f"{self.root[0]} admin root   # the operator\n")
+        return str(path)
+
+    def env(self, path) -> dict[str, str]:
+        return {"BATOS_CURVE_SECRET_KEY": self.server[1], "BATOS_CLIENTS": self.clients_file(path)}
+
+    def client(self, srv: Server, who: tuple[str, str] | None, timeout: float = 30.0) -> Client:
+        return Client(srv.endpoint, timeout=timeout, server_key=self.server[0], client_keys=who)
+
+
+class KeyedServer(Server):
+    """A Server whose readiness is checked with an admitted key."""
+
+    def __init__(self, *args, keys: Keys, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.keys = keys
+
+    def client(self, timeout: float = 30.0) -> Client:
+        return self.keys.client(self, self.keys.root, timeout)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        import time
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"batos run exited {self.process.returncode}: {self.process.stderr.read()}")
+            try:
+                with self.client(timeout=0.5) as c:
+                    c.ping()
+                return
+            except BridgeTimeout:
+                continue
+        raise RuntimeError("batos run did not answer ping in time")
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    keys = Keys()
+    folder = tmp_path_factory.mktemp("identities")
+    srv = KeyedServer(folder / "image.fs", keys=keys, env=keys.env(folder / "clients")).start()
+    yield srv, keys
+    srv.stop()
+
+
+def test_listed_keys_connect_and_unlisted_ones_are_refused_on_loopback_too(keyed):
+    srv, keys = keyed
+    for who in (keys.alice, keys.bob, keys.root):
+        with keys.client(srv, who, timeout=5) as c:
+            assert c.ping()["pong"]
+    for who in (key_pair(), None):  # a key nobody listed; a fresh key each connection (no key of its own)
+        with keys.client(srv, who, timeout=1.5) as c, pytest.raises(BridgeTimeout):
+            c.ping()
+    with Client(srv.endpoint, timeout=1.5) as plain, pytest.raises(BridgeTimeout):  # no CURVE at all
+        plain.ping()
+
+
+@pytest.mark.parametrize("op, fields", [
+    ("pack", {}), ("cycles_prune", {}), ("conversations_prune", {}), ("route_teach", {"text": "x", "archetype": "BRICK"}),
+    ("model_use", {"name": "x"}), ("model_import", {"upload_id": "x"}), ("expert_import", {"upload_id": "x"}),
+    ("cycle_decide", {"cycle": "x", "approve": True}),
+])
+def test_a_user_is_forbidden_the_admins_ops_and_nothing_changes(keyed, op, fields):
+    srv, keys = keyed
+    with keys.client(srv, keys.root) as admin:
+        before = admin.stats()["last_transaction"]
+    with keys.client(srv, keys.alice) as alice, pytest.raises(RemoteError) as caught:
+        alice.call(op, **fields)
+    assert caught.value.code == "forbidden" and "admin" in caught.value.message
+    with keys.client(srv, keys.root) as admin:
+        assert admin.stats()["last_transaction"] == before
+
+
+def test_an_admin_may_pack(keyed):
+    srv, keys = keyed
+    with keys.client(srv, keys.root) as admin:
+        assert admin.pack(0)["packed"] is True
+
+
+def test_a_bad_clients_file_stops_the_start_with_its_line(tmp_path):
+    keys = Keys()
+    bad = tmp_path / "clients"
+    bad.write_text(f"{keys.alice[0]} user alice\n{keys.bob[0]} superuser bob\n")
+    done = run_cli("run", "--image", str(tmp_path / "image.fs"), "--endpoint", "tcp://127.0.0.1:1",
+                   env={"BATOS_CURVE_SECRET_KEY": keys.server[1], "BATOS_CLIENTS": str(bad)})
+    assert done.returncode != 0 and "line 2" in done.stderr and "admin or user" in done.stderr
+    assert not (tmp_path / "image.fs").exists()
+
+
+def test_batos_keys_makes_a_client_pair_to_list(tmp_path):
+    done = run_cli("keys", "--client")
+    assert done.returncode == 0
+    lines = dict(line.split("   #")[0].split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    public = lines["BATOS_CURVE_CLIENT_PUBLIC_KEY"]
+    assert len(public) == 40 and len(lines["BATOS_CURVE_CLIENT_SECRET_KEY"]) == 40
+    assert f"# {public} user NAME" in done.stdout
+
+
+def test_rate_limits_hold_for_one_key_over_many_sockets(tmp_path, model_server):
+    keys = Keys()
+    make_counter(tmp_path / "image.fs")
+    env = {**keys.env(tmp_path / "clients"), "BATOS_MAX_CYCLES_PER_MINUTE": "2"}
+    srv = uvm(tmp_path / "image.fs", model_server, **env)
+    srv = KeyedServer(srv.image, keys=keys, env={k: v for k, v in srv.env.items() if k.startswith("BATOS_")}).start()
+    try:
+        codes = []
+        for n in range(3):  # a new socket (a new ZeroMQ identity) for each message
+            with keys.client(srv, keys.alice) as alice:
+                try:
+                    alice.send("counter_obj", f"missing_{n}", wait=False)
+                    codes.append("ok")
+                except RemoteError as exc:
+                    codes.append(exc.code)
+        assert codes == ["ok", "ok", "rate_limited"]
+        with keys.client(srv, keys.bob) as bob:  # another identity has its own allowance
+            bob.send("counter_obj", "missing_bob", wait=False)
+    finally:
+        srv.stop()
