@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 import zmq
 
 from batos.kernel import protocol
-from batos.kernel.identities import OWNER, ZAP_DOMAIN, Gate, Principal
+from batos.kernel.identities import ZAP_DOMAIN, Gate
 from batos.kernel.protocol import Code, ProtocolError, Request
+from batos.principals import OWNER, Principal
 
 log = logging.getLogger(__name__)
 

@@ -11,36 +11,22 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from batos.principals import OWNER, ROLES, Principal
+
+__all__ = ["OWNER", "ROLES", "ClientsFileError", "Gate", "Principal", "read_clients"]
+
 log = logging.getLogger(__name__)
 
-ROLES = ("admin", "user")
 ZAP_DOMAIN = "batos"
 
 
 class ClientsFileError(ValueError):
     """The clients file cannot be used; the message names the line."""
-
-
-@dataclass(frozen=True)
-class Principal:
-    """One identity: its CURVE public key (z85), the name it was listed under, and its role."""
-
-    key: str
-    name: str
-    role: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-
-OWNER = Principal("owner", "owner", "admin")
 
 
 def read_clients(path: str | os.PathLike) -> dict[str, Principal]:

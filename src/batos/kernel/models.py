@@ -68,7 +68,8 @@ class ModelService:
         return generation.text
 
     async def op_upload(self, fields: dict, context: Context) -> dict:
-        size = await asyncio.to_thread(self.uploads.append, fields["upload_id"], fields["offset"], fields["data"])
+        size = await asyncio.to_thread(self.uploads.append, fields["upload_id"], fields["offset"], fields["data"],
+                                       context.request.principal)
         return {"upload_id": fields["upload_id"], "size": size}
 
     async def op_model_list(self, fields: dict, context: Context) -> dict:
@@ -79,7 +80,7 @@ class ModelService:
             return await asyncio.to_thread(self.core.use_model, fields["name"])
 
     async def op_expert_import(self, fields: dict, context: Context) -> dict:
-        with self._consuming(fields["upload_id"]) as path, self._forwarding(context.emit):
+        with self._consuming(fields["upload_id"], context) as path, self._forwarding(context.emit):
             return {"imported": await asyncio.to_thread(self.core.import_experts, path, fields.get("name"))}
 
     async def op_model_import(self, fields: dict, context: Context) -> dict:
@@ -89,16 +90,18 @@ class ModelService:
         if hub:
             with self._forwarding(context.emit):
                 return await asyncio.to_thread(self.core.import_model, hub, fields.get("name"), True)
-        with self._consuming(upload) as path, self._forwarding(context.emit):
+        with self._consuming(upload, context) as path, self._forwarding(context.emit):
             return await asyncio.to_thread(self.core.import_model, path, fields.get("name"), False)
 
     @contextlib.contextmanager
-    def _consuming(self, upload_id: str) -> Iterator[Any]:
-        """The finished upload's path; the upload is gone afterwards, whatever happened."""
+    def _consuming(self, upload_id: str, context: Context) -> Iterator[Any]:
+        """The finished upload's path (the asker's own); the upload is gone afterwards, whatever
+        happened."""
+        principal = context.request.principal
         try:
-            yield self.uploads.finished(upload_id)
+            yield self.uploads.finished(upload_id, principal)
         finally:
-            self.uploads.discard(upload_id)
+            self.uploads.discard(upload_id, principal)
 
     @contextlib.contextmanager
     def _forwarding(self, emit: Emit) -> Iterator[Callable[[dict], None]]:

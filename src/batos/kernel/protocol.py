@@ -7,15 +7,14 @@ Request: ``{"id": str, "op": str, ...op fields}``. Reply: ``{"id", "ok": true, "
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
-
-import math
 
 import ormsgpack
 
 from batos.errors import BatosError
-from batos.kernel.identities import OWNER, Principal
+from batos.principals import OWNER, Principal
 
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 MAX_FRAMES = 8  # identity frames from a few proxy hops, a delimiter, the payload

@@ -49,6 +49,8 @@ class ChunkRecord(persistent.Persistent):
 
 
 class Document(persistent.Persistent):
+    owner: str | None = None  # the key of the principal it belongs to; None: the image's single owner
+
     def __init__(self, source: str, digest: str, kind: str, size: int, chunk_ids: list[int], segment: int):
         self.source = source
         self.digest = digest

@@ -31,6 +31,7 @@ from batos.memory.extract import DEFAULT_MAX_BYTES, extract
 from batos.memory.interfaces import IMemoryService
 from batos.memory.search import CANDIDATES, VectorIndex, maximal_marginal_relevance, reciprocal_rank_fusion
 from batos.memory.weaver import weave
+from batos.principals import OWNER, Principal
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +70,26 @@ class MemoryService:
 
     # --- the operations, as plain calls -----------------------------------------------------------
 
-    def ingest(self, source: str, data: bytes, progress: Progress | None = None) -> dict:
-        """Take one file's content into memory under ``source``: ``{"source", "status", "chunks"}``
-        with status ``added``, ``replaced`` or ``unchanged``. Refused files raise; nothing is written."""
+    def ingest(self, source: str, data: bytes, progress: Progress | None = None, principal: Principal = OWNER) -> dict:
+        """Take one file's content into memory under ``source``, as ``principal``'s document:
+        ``{"source", "status", "chunks"}`` with status ``added``, ``replaced`` or ``unchanged``.
+        Refused files raise; nothing is written. Another client's document of that source is
+        NotFound (it is not this principal's to replace), and TURN_PREFIX is the kernel's."""
         source = _checked_source(source)
+        if source.startswith(TURN_PREFIX):
+            raise BadRequest(f"sources beginning with {TURN_PREFIX!r} are the kernel's (conversation turns)")
         digest = hashlib.sha256(data).hexdigest()
-        known, chunks = self._read(lambda catalog: _digest_and_chunks(catalog, source))
+
+        def known(catalog: Catalog) -> tuple[str | None, int]:
+            document = catalog.documents.get(source)
+            if document is not None and not principal.may_see(owner_of(document)):
+                raise NotFound(f"no document {source} of yours in memory to replace; ingest it under another name")
+            return _digest_and_chunks(catalog, source)
+        known, chunks = self._read(known)
         if known == digest:
             return {"source": source, "status": "unchanged", "chunks": chunks}
         extracted = extract(source, data, self.policy.max_bytes)
-        count = self._record(source, digest, extracted.kind, len(data), extracted.text, progress)
+        count = self._record(source, digest, extracted.kind, len(data), extracted.text, progress, principal)
         return {"source": source, "status": "replaced" if known else "added", "chunks": count}
 
     def remember(self, source: str, text: str) -> None:
@@ -98,14 +109,15 @@ class MemoryService:
         hits, similarity = self._ranked(question, RECALL_POOL, "hybrid")
         return [h for h in hits if wanted(h["source"]) and similarity.get(h["chunk"], 0.0) >= MIN_RECALL_SIMILARITY][:k]
 
-    def _record(self, source: str, digest: str, kind: str, size: int, text: str, progress: Progress | None) -> int:
+    def _record(self, source: str, digest: str, kind: str, size: int, text: str, progress: Progress | None,
+                owner: Principal = OWNER) -> int:
         """Chunk, embed and store one document in one transaction; its chunk count."""
         chunks = chunk_text(text, self.policy.chunk_words, self.policy.overlap_words)
         texts = [c.headed_text() for c in chunks]
         vectors = self._embed(texts, source, progress)
         with self._write_lock:
-            document = run_in_transaction(self._manager, lambda: self._catalog().add(
-                source, digest, kind, size, chunks, vectors))
+            document = run_in_transaction(self._manager, lambda: owned(self._catalog().add(
+                source, digest, kind, size, chunks, vectors), owner))
             count = len(document.chunk_ids)
         self.embedded_chunks += len(texts)
         if kind != "turn":
@@ -113,8 +125,10 @@ class MemoryService:
                 self._weaving.put_nowait(source)
         return count
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid", diverse: bool = False) -> list[dict]:
-        """Hits ``{"source", "chunk", "score", "text", "section"}``, best first."""
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", diverse: bool = False,
+               principal: Principal = OWNER) -> list[dict]:
+        """Hits ``{"source", "chunk", "score", "text", "section"}`` among the documents
+        ``principal`` may see, best first."""
         if not isinstance(query, str) or not query.strip():
             raise BadRequest("the query is empty")
         if len(query) > MAX_QUERY_CHARS:
@@ -123,14 +137,20 @@ class MemoryService:
             raise BadRequest(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise BadRequest(f"k must be a whole number from 1 to {MAX_K}")
-        return self._ranked(query, k, mode, diverse)[0]
+        if principal.is_admin:
+            return self._ranked(query, k, mode, diverse)[0]
+        # a user's hits are taken from a wider ranking, keeping only its own documents' chunks
+        hits = self._ranked(query, min(MAX_K, 4 * k + 20), mode, diverse)[0]
+        mine = self._read(lambda catalog: {h["source"] for h in hits
+                                           if principal.may_see(owner_of(catalog.documents.get(h["source"])))})
+        return [h for h in hits if h["source"] in mine][:k]
 
-    def show(self, chunk_id: int) -> dict:
+    def show(self, chunk_id: int, principal: Principal = OWNER) -> dict:
         def find(catalog: Catalog) -> dict:
             record = catalog.chunks.get(chunk_id)
-            if record is None:
+            document = catalog.documents.get(record.source) if record is not None else None
+            if document is None or not principal.may_see(owner_of(document)):
                 raise NotFound(f"no chunk {chunk_id} in memory")
-            document = catalog.documents[record.source]
             ids = document.chunk_ids
             return {"chunk": chunk_id, "text": record.text, "section": record.section, "kind": record.kind,
                     "position": record.position, "document": document.describe(),
@@ -138,8 +158,9 @@ class MemoryService:
                     "next": ids[record.position + 1] if record.position + 1 < len(ids) else None}
         return self._read(find)
 
-    def list(self) -> list[dict]:
-        return self._read(lambda catalog: [d.describe() for d in catalog.documents.values()])
+    def list(self, principal: Principal = OWNER) -> list[dict]:
+        return self._read(lambda catalog: [d.describe() for d in catalog.documents.values()
+                                           if principal.may_see(owner_of(d))])
 
     def stats(self) -> dict:
         def count(catalog: Catalog) -> dict:
@@ -149,12 +170,12 @@ class MemoryService:
                     "lexical_words": catalog.lexicon.wordCount(), "max_bytes": self.policy.max_bytes}
         return self._read(count)
 
-    def forget(self, source: str) -> dict:
+    def forget(self, source: str, principal: Principal = OWNER) -> dict:
         source = _checked_source(source)
 
         def remove() -> dict:
             catalog = self._catalog()
-            if source not in catalog.documents:
+            if source not in catalog.documents or not principal.may_see(owner_of(catalog.documents[source])):
                 raise NotFound(f"no document {source} in memory")
             return {"source": source, "chunks": len(catalog.forget(source).chunk_ids)}
         with self._write_lock:
@@ -163,32 +184,33 @@ class MemoryService:
     # --- the wire ops ---------------------------------------------------------------------------
 
     async def op_memory_ingest(self, fields: dict, context) -> dict:
-        path = self.uploads.finished(fields["upload_id"])
+        principal = context.request.principal
+        path = self.uploads.finished(fields["upload_id"], principal)
         loop = asyncio.get_running_loop()
 
         def progress(event: dict) -> None:
             asyncio.run_coroutine_threadsafe(context.emit(event), loop)
         try:
             data = await asyncio.to_thread(_read_at_most, path, self.policy.max_bytes)
-            return await asyncio.to_thread(self.ingest, fields["source"], data, progress)
+            return await asyncio.to_thread(self.ingest, fields["source"], data, progress, principal)
         finally:
-            self.uploads.discard(fields["upload_id"])
+            self.uploads.discard(fields["upload_id"], principal)
 
     async def op_memory_search(self, fields: dict, context) -> list[dict]:
         return await asyncio.to_thread(self.search, fields["query"], fields.get("k", 5),
-                                       fields.get("mode", "hybrid"), fields.get("diverse", False))
+                                       fields.get("mode", "hybrid"), fields.get("diverse", False), context.request.principal)
 
     async def op_memory_show(self, fields: dict, context) -> dict:
-        return await asyncio.to_thread(self.show, fields["chunk"])
+        return await asyncio.to_thread(self.show, fields["chunk"], context.request.principal)
 
     async def op_memory_list(self, fields: dict, context) -> list[dict]:
-        return await asyncio.to_thread(self.list)
+        return await asyncio.to_thread(self.list, context.request.principal)
 
     async def op_memory_stats(self, fields: dict, context) -> dict:
         return await asyncio.to_thread(self.stats)
 
     async def op_memory_forget(self, fields: dict, context) -> dict:
-        return await asyncio.to_thread(self.forget, fields["source"])
+        return await asyncio.to_thread(self.forget, fields["source"], context.request.principal)
 
     # --- inside -----------------------------------------------------------------------------------
 
@@ -251,6 +273,16 @@ class MemoryService:
         self._weaver.join(timeout=5)
         with contextlib.suppress(Exception):
             self._connection.close()
+
+
+def owner_of(document: Document | None) -> str | None:
+    """The key of the principal a document belongs to (None: the image's single owner)."""
+    return getattr(document, "owner", None)
+
+
+def owned(document: Document, owner: Principal) -> Document:
+    document.owner = owner.key
+    return document
 
 
 def _digest_and_chunks(catalog: Catalog, source: str) -> tuple[str | None, int]:

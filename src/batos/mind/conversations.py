@@ -30,6 +30,7 @@ from batos.image.genesis import Furnishing
 from batos.image.objects import UvmObject
 from batos.image.protection import mark_kernel
 from batos.mind.cycle import state_of
+from batos.principals import OWNER, Principal
 
 ROOT_KEY = "conversations"
 TITLE_CHARS = 80
@@ -45,18 +46,24 @@ def install_conversations(root) -> None:
 CONVERSATIONS = Furnishing("conversations", 1, install_conversations)
 
 
-def find(root, conversation_id: str) -> UvmObject:
+def find(root, conversation_id: str, principal: Principal | None = None) -> UvmObject:
+    """The conversation; NotFound when there is none, or when ``principal`` (if given) may not see
+    it: a conversation belongs to whoever started it, and to admins."""
     conversation = root[ROOT_KEY].get(conversation_id)
-    if conversation is None:
+    if conversation is None or (principal is not None and not visible(conversation, principal)):
         raise NotFound(f"no conversation {conversation_id}; see `batos conversations list`")
     return conversation
 
 
-def start(root, question: str) -> UvmObject:
+def visible(conversation: UvmObject, principal: Principal) -> bool:
+    return principal.may_see(conversation._slots.get("owner"))
+
+
+def start(root, question: str, owner: Principal = OWNER) -> UvmObject:
     now = time.time()
     conversation_id = uuid.uuid4().hex[:12]
     conversation = UvmObject(conversation_id=conversation_id, title=question[:TITLE_CHARS], created=now,
-                             updated=now, exchanges=PersistentList(), turns=PersistentList())
+                             updated=now, exchanges=PersistentList(), turns=PersistentList(), owner=owner.key)
     mark_kernel(conversation)
     root[ROOT_KEY][conversation_id] = conversation
     return conversation

@@ -25,6 +25,7 @@ from batos.mind.exemplars import EXEMPLAR_SLOT
 from batos.mind.interfaces import IMindService
 from batos.mind.router import Router, check_exemplar
 from batos.mind.synaptic import SynapticCycle, persona_codex, sources_of
+from batos.principals import Principal
 from batos.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -75,15 +76,16 @@ class MindService:
         depth = fields.get("depth", "auto")
         if depth not in DEPTHS:
             raise BadRequest(f"depth must be one of {', '.join(DEPTHS)}, not {depth!r}")
-        self.check_model()
+        principal = context.request.principal
         if fields.get("conversation") is not None:
-            await asyncio.to_thread(self.runner.read, lambda root: conversations.find(root, fields["conversation"]))
+            await asyncio.to_thread(self.runner.read, lambda root: conversations.find(root, fields["conversation"], principal))
+        self.check_model()
         route = await asyncio.to_thread(self.router.route, question, lead)
         if depth != "auto":
             route["depth"] = depth
         await context.emit({"route": route})
         conversation_id, exchange = await asyncio.to_thread(self.runner.transact, lambda root: self._open_exchange(
-            root, fields.get("conversation"), question, route))
+            root, fields.get("conversation"), question, route, principal))
         turns: list[dict[str, Any]] = []
         state = "answered"
         self._live.add((conversation_id, exchange))
@@ -122,9 +124,10 @@ class MindService:
                            f"{self.policy.max_question_chars} are accepted (BATOS_MAX_QUESTION_CHARS)")
         return question
 
-    def _open_exchange(self, root, conversation_id: str | None, question: str, route: dict) -> tuple[str, int]:
-        conversation = (conversations.find(root, conversation_id) if conversation_id
-                        else conversations.start(root, question))
+    def _open_exchange(self, root, conversation_id: str | None, question: str, route: dict,
+                       principal: Principal) -> tuple[str, int]:
+        conversation = (conversations.find(root, conversation_id, principal) if conversation_id
+                        else conversations.start(root, question, principal))
         return conversation._slots["conversation_id"], conversations.add_exchange(conversation, question, route)
 
     async def _turn(self, conversation_id: str, exchange: int, persona: str, role: str, depth: str,
@@ -204,13 +207,16 @@ class MindService:
     async def op_conversations_list(self, fields: dict, context: Any) -> list[dict[str, Any]]:
         def listing(root) -> list[dict[str, Any]]:
             cycles = root["active_cycles"]
-            found = [conversations.summary(c, cycles, self._live) for c in root[conversations.ROOT_KEY].values()]
+            principal = context.request.principal
+            found = [conversations.summary(c, cycles, self._live) for c in root[conversations.ROOT_KEY].values()
+                     if conversations.visible(c, principal)]
             return sorted(found, key=lambda c: c["created"])
         return await asyncio.to_thread(self.runner.read, listing)
 
     async def op_conversation_show(self, fields: dict, context: Any) -> dict[str, Any]:
         return await asyncio.to_thread(self.runner.read, lambda root: conversations.summary(
-            conversations.find(root, fields["conversation"]), root["active_cycles"], self._live, detail=True))
+            conversations.find(root, fields["conversation"], context.request.principal), root["active_cycles"],
+            self._live, detail=True))
 
     async def op_conversations_prune(self, fields: dict, context: Any) -> dict[str, Any]:
         days = fields.get("days", 0)
