@@ -1,10 +1,15 @@
-"""What one client can make the image grow by (the second review's finding 7)."""
+"""What one client can cost the others: the image's growth, and the event loop's time (the second
+review's findings 6 and 7)."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 
+import ormsgpack
 import pytest
+import zmq
 
 from batos.client import RemoteError
 
@@ -48,3 +53,54 @@ def test_a_method_that_clones_a_megabyte_forty_times_is_refused_and_writes_nothi
         assert "made" not in c.describe(target)["slots"]
     assert image_bytes(srv) == before
 
+
+
+def pipelined(endpoint: str, requests: list[dict]) -> list[dict]:
+    """Send every request at once on one socket, then read every reply."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 120_000)
+    sock.connect(endpoint)
+    try:
+        for request in requests:
+            sock.send(ormsgpack.packb(request))
+        return [ormsgpack.unpackb(sock.recv()) for _ in requests]
+    finally:
+        sock.close()
+
+
+@pytest.mark.slow
+def test_large_reads_pipelined_by_one_client_never_hold_up_ping(tmp_path):
+    """100 gets of a 199,000-element list and 40 describes of a 55,000-slot object, sent at once."""
+    from conftest import opened_root
+
+    with opened_root(tmp_path / "image.fs") as root:
+        root["big_obj"] = root["genesis_obj"].clone()
+        root["big_obj"].items = list(range(199_000))
+        root["wide_obj"] = root["genesis_obj"].clone()
+        for i in range(55_000):
+            root["wide_obj"]._slots[f"s{i}"] = i
+    server = Server(tmp_path / "image.fs").start()
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def ping_meanwhile() -> None:
+        with server.client(timeout=5) as c:
+            while not done.is_set():
+                started = time.monotonic()
+                c.ping()
+                latencies.append(time.monotonic() - started)
+                time.sleep(0.05)
+    pinger = threading.Thread(target=ping_meanwhile)
+    pinger.start()
+    try:
+        requests = [{"id": f"g{n}", "op": "get", "target": "big_obj", "slot": "items"} for n in range(100)]
+        requests += [{"id": f"d{n}", "op": "describe", "target": "wide_obj"} for n in range(40)]
+        replies = pipelined(server.endpoint, requests)
+    finally:
+        done.set()
+        pinger.join()
+        server.stop()
+    assert all(r["ok"] for r in replies), [r for r in replies if not r["ok"]][:1]
+    assert {len(r["result"]) for r in replies if r["id"].startswith("g")} == {199_000}
+    assert len(latencies) > 5 and max(latencies) < 2.0, max(latencies)

@@ -8,6 +8,7 @@ worker aborts the transaction, so a failed request writes nothing.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -114,14 +115,24 @@ class Dispatcher:
         except BatosError as exc:
             raise ProtocolError(exc.code, str(exc)) from None
 
-    def op_describe(self, root, fields: dict) -> Any:
-        return _plain_reply(describe, resolve_target(root, fields["target"]))
+    def op_describe(self, root, fields: dict, max_nodes: int | None = None) -> Any:
+        """``max_nodes``: raise ValueTooLarge, reading nothing more, for an object with more
+        slots or a description with more parts (the caller then reads it where time is cheaper)."""
+        receiver = resolve_target(root, fields["target"])
+        if max_nodes is None:
+            return _plain_reply(describe, receiver)
+        if next(itertools.islice(iter(receiver._slots.keys()), max_nodes, None), _NONE) is not _NONE:
+            raise ValueTooLarge(f"more than {max_nodes} slots")
+        return to_plain(describe(receiver), max_nodes)
 
-    def op_get(self, root, fields: dict) -> Any:
+    def op_get(self, root, fields: dict, max_nodes: int | None = None) -> Any:
+        """``max_nodes``: as for op_describe, for a value with more parts."""
         receiver = resolve_target(root, fields["target"])
         value, holder = lookup(receiver, fields["slot"])
         if holder is None:
             raise ProtocolError(Code.NOT_FOUND, f"{receiver!r} has no slot {fields['slot']!r}")
+        if max_nodes is not None:
+            return to_plain(value, max_nodes)
         return _plain_reply(to_plain, value)
 
     def op_set(self, root, fields: dict) -> Any:
@@ -235,6 +246,9 @@ def _guarded(check, *args: Any) -> None:
         check(*args)
     except BatosError as exc:
         raise ProtocolError(exc.code, str(exc)) from None
+
+
+_NONE = object()
 
 
 def _plain_reply(convert, value: Any) -> Any:

@@ -21,6 +21,7 @@ from batos.config import settings_from_env
 from batos.image import open_image
 from batos.image.genesis import SCHEMA_KEY, Image
 from batos.image.storage import DEFAULT_IMAGE, normalize_uri
+from batos.image.values import ValueTooLarge
 from batos.errors import BatosError, Forbidden
 from batos.llm.core import CognitiveCore, ModelUnavailable
 from batos.llm.generation import BackendError, ConfigurationError
@@ -55,6 +56,7 @@ message_log = logging.getLogger(MESSAGES_LOGGER)
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 # A worker gets this much longer than a method's budget before its waiter gives up on it.
 WORKER_GRACE_SECONDS = 5.0
+LOOP_READ_NODES = 5_000  # a get or describe with more parts than this is read in a worker thread
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Settings:
     max_turns: int = 3  # turns in one `ask` dialogue
     max_question_chars: int = 4000
     memory_max_bytes: int = 20 * 1024**2  # a file memory takes
+    memory_parse_seconds: float = 60.0  # parsing one such file, in a confined child
 
     # limits (see README, "Limits"); each answers with a clear code and writes nothing
     max_slot_bytes: int = 1024**2
@@ -153,7 +156,8 @@ class UVM:
             uploads.clean_stale()
             self.models = ModelService(self.core, uploads)
             self.memory = MemoryService(self.image.db, self.embedder, uploads,
-                                        MemoryPolicy(max_bytes=self.settings.memory_max_bytes))
+                                        MemoryPolicy(max_bytes=self.settings.memory_max_bytes,
+                                                     parse_seconds=self.settings.memory_parse_seconds))
             self.sandbox.start()
             runner = CycleRunner(self.image.db, self._generate_for_cycle, CyclePolicy(
                 max_iterations=self.settings.max_iterations, approval=self.settings.approval,
@@ -325,10 +329,19 @@ class UVM:
     op_set = op_send = op_define = op_methods = op_method_rollback = _image_op
 
     async def op_get(self, fields: dict, context: Context) -> Any:
-        return self._read_here(functools.partial(self.dispatcher.op_get, fields=fields))
+        return await self._read(self.dispatcher.op_get, fields)
 
     async def op_describe(self, fields: dict, context: Context) -> Any:
-        return self._read_here(functools.partial(self.dispatcher.op_describe, fields=fields))
+        return await self._read(self.dispatcher.op_describe, fields)
+
+    async def _read(self, read: Callable[..., Any], fields: dict) -> Any:
+        """A read of the kernel's own, on the event loop when it is small (LOOP_READ_NODES parts at
+        most), else in a worker thread, so a large value never holds up other clients' messages."""
+        try:
+            return self._read_here(functools.partial(read, fields=fields, max_nodes=LOOP_READ_NODES))
+        except ValueTooLarge:
+            return await self.pool.run(functools.partial(read, fields=fields), writes=False,
+                                       timeout=self.settings.method_budget + WORKER_GRACE_SECONDS)
 
     def _read_here(self, read: Callable[[Any], Any]) -> Any:
         """A read of the kernel's own (no method runs) on the event loop, in a read-only transaction
@@ -355,7 +368,8 @@ class UVM:
         if found["state"] == "AWAITING_APPROVAL":
             raise ProtocolError(Code.AWAITING_APPROVAL, f"cycle {found['id']} wrote {selector}; approve it with `batos cycles approve {found['id']}`")
         fields = {k: v for k, v in request.fields.items() if k not in ("intent", "examples", "wait")}
-        return await self._image_op(fields, Context(Request(request.id, "send", fields, request.peer), context.emit))
+        return await self._image_op(fields, Context(Request(request.id, "send", fields, request.peer, request.principal),
+                                                    context.emit))
 
     # --- cognitive cycles -------------------------------------------------------------------------
 

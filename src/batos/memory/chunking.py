@@ -146,9 +146,11 @@ def _prose_parts(block: Block, max_words: int) -> list[tuple[str, int]]:
     current: list[str] = []
     for sentence in SENTENCE_END.split(block.text):
         words = sentence.split()
-        while len(words) > max_words:  # one very long sentence: cut it at words
-            parts.append((" ".join(words[:max_words]), block.start))
-            words = words[max_words:]
+        cut = 0
+        while len(words) - cut > max_words:  # one very long sentence: cut it at words (never re-copying the rest)
+            parts.append((" ".join(words[cut:cut + max_words]), block.start))
+            cut += max_words
+        words = words[cut:]
         if current and len(" ".join(current).split()) + len(words) > max_words:
             parts.append((" ".join(current), block.start))
             current = []

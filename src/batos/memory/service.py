@@ -26,8 +26,9 @@ from batos.errors import BadRequest, NotFound
 from batos.image.transactions import read_root, run_in_transaction
 from batos.llm.embeddings import DIMENSIONS
 from batos.memory.catalog import ROOT_KEY, Catalog, Document
-from batos.memory.chunking import chunk_text
-from batos.memory.extract import DEFAULT_MAX_BYTES, extract
+from batos.memory.chunking import Chunk, chunk_text
+from batos.memory.extract import DEFAULT_MAX_BYTES
+from batos.memory.parsing import PARSE_SECONDS, parse
 from batos.memory.interfaces import IMemoryService
 from batos.memory.search import CANDIDATES, VectorIndex, maximal_marginal_relevance, reciprocal_rank_fusion
 from batos.memory.weaver import weave
@@ -49,6 +50,7 @@ class MemoryPolicy:
     max_bytes: int = DEFAULT_MAX_BYTES
     chunk_words: int = 200
     overlap_words: int = 40
+    parse_seconds: float = PARSE_SECONDS  # one document's parsing, in a confined child
     weaver_queue: int = 64  # documents waiting for a summary; beyond it new ones are skipped
 
 
@@ -88,8 +90,9 @@ class MemoryService:
         known, chunks = self._read(known)
         if known == digest:
             return {"source": source, "status": "unchanged", "chunks": chunks}
-        extracted = extract(source, data, self.policy.max_bytes)
-        count = self._record(source, digest, extracted.kind, len(data), extracted.text, progress, principal)
+        parsed = parse(source, data, self.policy.max_bytes, self.policy.chunk_words, self.policy.overlap_words,
+                       self.policy.parse_seconds)
+        count = self._store(source, digest, parsed.kind, len(data), parsed.chunks, progress, principal)
         return {"source": source, "status": "replaced" if known else "added", "chunks": count}
 
     def remember(self, source: str, text: str) -> None:
@@ -109,10 +112,14 @@ class MemoryService:
         hits, similarity = self._ranked(question, RECALL_POOL, "hybrid")
         return [h for h in hits if wanted(h["source"]) and similarity.get(h["chunk"], 0.0) >= MIN_RECALL_SIMILARITY][:k]
 
-    def _record(self, source: str, digest: str, kind: str, size: int, text: str, progress: Progress | None,
-                owner: Principal = OWNER) -> int:
-        """Chunk, embed and store one document in one transaction; its chunk count."""
+    def _record(self, source: str, digest: str, kind: str, size: int, text: str, progress: Progress | None) -> int:
+        """Chunk (here: the kernel's own text, in linear time), embed and store one document."""
         chunks = chunk_text(text, self.policy.chunk_words, self.policy.overlap_words)
+        return self._store(source, digest, kind, size, chunks, progress, OWNER)
+
+    def _store(self, source: str, digest: str, kind: str, size: int, chunks: list[Chunk], progress: Progress | None,
+               owner: Principal) -> int:
+        """Embed and store one document's chunks in one transaction; its chunk count."""
         texts = [c.headed_text() for c in chunks]
         vectors = self._embed(texts, source, progress)
         with self._write_lock:

@@ -1,0 +1,77 @@
+"""Untrusted documents are parsed out of the UVM's process, in a confined child with a time and
+memory budget, in linear time (the second review's finding 5)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from batos.errors import BadRequest
+from batos.memory.parsing import parse
+
+from conftest import Server
+
+HEADING_LINE = "# " + " " * 100_000 + "x\n\nSome text under it.\n"
+COMMENT_OPENERS = "<!--" * 100_000  # 400 KB: html.parser rescans it for every chunk it is fed
+BIG_SCRIPT = "<html><body><script>" + "var x = 1; // filler\n" * 500_000 + "</script><p>Visible text at the end.</p></body></html>"
+
+
+def test_a_document_that_parses_too_long_is_refused_in_its_budget():
+    started = time.monotonic()
+    with pytest.raises(BadRequest, match="longer than 3 s"):
+        parse("comments.html", COMMENT_OPENERS.encode(), 20 * 1024**2, 200, 40, seconds=3)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("name, text", [("heading.md", HEADING_LINE), ("script.html", BIG_SCRIPT),
+                                        ("one-line.txt", "word " * 2_000_000)])
+def test_pathological_documents_parse_in_linear_time(name, text):
+    started = time.monotonic()
+    parsed = parse(name, text.encode(), 20 * 1024**2, 200, 40, seconds=30)
+    assert time.monotonic() - started < 10 and parsed.chunks
+
+
+def test_a_parser_that_answers_nonsense_is_refused(monkeypatch):
+    from batos.memory import parsing
+
+    monkeypatch.setattr(parsing, "_exchange", lambda child, job, deadline: b"\x92\x01\x02")
+    with pytest.raises(BadRequest, match="could not be parsed"):
+        parse("x.md", b"# x\n\ntext\n", 1024, 200, 40)
+    import ormsgpack
+    for chunks in ([["text", "section", "0", "prose"]], [["t", "s", 0, "shellcode"]], "not a list"):
+        monkeypatch.setattr(parsing, "_exchange", lambda child, job, deadline, c=chunks: ormsgpack.packb(
+            {"ok": True, "kind": "markdown", "chunks": c}))
+        with pytest.raises(BadRequest, match="malformed"):
+            parse("x.md", b"# x\n\ntext\n", 1024, 200, 40)
+
+
+@pytest.mark.slow
+def test_ingesting_hostile_documents_never_slows_ping(tmp_path):
+    files = {"heading.md": HEADING_LINE, "comments.html": COMMENT_OPENERS, "script.html": BIG_SCRIPT}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    srv = Server(tmp_path / "image.fs", env={"BATOS_MEMORY_PARSE_SECONDS": "8"}).start()
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def ping_meanwhile() -> None:
+        with srv.client(timeout=5) as c:
+            while not done.is_set():
+                started = time.monotonic()
+                c.ping()
+                latencies.append(time.monotonic() - started)
+                time.sleep(0.05)
+    try:
+        pinger = threading.Thread(target=ping_meanwhile)
+        pinger.start()
+        with srv.client(timeout=300) as c:
+            results = {r["source"].rsplit("/", 1)[-1]: r for r in c.memory_ingest([tmp_path / n for n in files])}
+        done.set()
+        pinger.join()
+    finally:
+        srv.stop()
+    assert results["heading.md"]["status"] == "added" and results["script.html"]["status"] == "added"
+    assert results["comments.html"]["status"] in ("added", "refused")
+    assert len(latencies) > 20 and max(latencies) < 2.0, max(latencies)
