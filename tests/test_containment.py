@@ -61,9 +61,9 @@ def prepare(image_path: Path, tmp: Path) -> None:
         target = root["genesis_obj"].clone()
         conversations.install_conversations(root)
         install_catalog(root)
-        target._slots.update(catalog=root["knowledge_catalog"], name="target", total=1, llm=pllm, traits=root["traits_obj"],
-                             state=root["psm_prototypes_obj"]._slots["IDLE"],
-                             conversation=conversations.start(root, "What did BRICK say?"))
+        target._slots.update(dict(catalog=root["knowledge_catalog"], name="target", total=1, llm=pllm,
+                                  traits=root["traits_obj"], state=root["psm_prototypes_obj"]._slots["IDLE"],
+                                  conversation=conversations.start(root, "What did BRICK say?")))
         root["attack_target"] = target
     with opened_root(image_path) as root:
         from batos.image import Method

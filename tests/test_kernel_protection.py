@@ -198,3 +198,85 @@ def test_a_stored_value_that_shares_its_halves_cannot_pin_the_server(image_path)
             assert c.ping()["pong"]
     finally:
         srv.stop()
+
+
+# --- kernel data by reachability; primitives' names; what the doctor sees -------------------------
+
+def test_expert_records_are_kernel_objects_for_clients_and_methods(image_path, tmp_path):
+    adapter = tmp_path / "mallory"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 1}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights" * 100)
+    with opened_root(image_path) as root:
+        root["pLLM_obj"]._slots["lora_repository"]["mallory"] = adapter_record(adapter, "mallory")
+        root["holder"] = root["genesis_obj"].clone()
+        root["holder"]._slots["llm"] = root["pLLM_obj"]
+    srv = Server(image_path).start()
+    try:
+        with srv.client() as c:
+            record = c.get("pLLM_obj", "lora_repository")["mallory"]["$oid"]
+            before = c.stats()["last_transaction"]
+            for slot, value in (("sha256", "0" * 64), ("size", 1), ("model_blob", None)):
+                with pytest.raises(RemoteError) as caught:
+                    c.set(record, slot, value)
+                assert caught.value.code == "protected"
+            c.define("holder", "def rewrite(self, record):\n    record.sha256 = '0' * 64\n    return 1\n")
+            after_define = c.stats()["last_transaction"]
+            with pytest.raises(RemoteError) as caught:  # a method given the record
+                c.send("holder", "rewrite", {"$oid": record})
+            assert caught.value.code == "protected"
+            assert c.stats()["last_transaction"] == after_define != before
+    finally:
+        srv.stop()
+
+
+def test_an_older_images_expert_records_become_kernel_objects(image_path, tmp_path):
+    from batos.image.genesis import SCHEMA_KEY
+    from batos.image.protection import is_kernel_object
+
+    adapter = tmp_path / "old"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 1}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"w" * 10)
+    with opened_root(image_path) as root:
+        record = adapter_record(adapter, "old")
+        del record._kernel_slots  # as an image from before schema 6 kept it
+        root["pLLM_obj"]._slots["lora_repository"]["old"] = record
+        root[SCHEMA_KEY] = 5
+    with opened_root(image_path) as root:
+        assert root[SCHEMA_KEY] == 6 and is_kernel_object(root["pLLM_obj"]._slots["lora_repository"]["old"])
+
+
+@pytest.mark.parametrize("target", ["pLLM_obj", "genesis_obj"])
+@pytest.mark.parametrize("slot", ["describe", "oid", "clone", "slot_names"])
+def test_data_cannot_shadow_a_primitives_name(server, target, slot):
+    with server.client() as c:
+        before = c.stats()["last_transaction"]
+        with pytest.raises(RemoteError) as caught:
+            c.set(target, slot, "shadowed")
+        assert caught.value.code == "protected"
+        assert c.stats()["last_transaction"] == before
+        assert c.send(target, "oid") == c.describe(target)["oid"]
+
+
+def test_slot_names_that_do_not_print_are_refused(server):
+    with server.client() as c:
+        for name in ("clone\x00", "describe\u200b", "a\nb"):
+            with pytest.raises(RemoteError) as caught:
+                c.set("genesis_obj", name, 1)
+            assert caught.value.code == "bad_request"
+
+
+def test_doctor_reports_look_alike_primitives_and_huge_objects(image_path):
+    with opened_root(image_path) as root:
+        root["traits_obj"]._slots["Clone"] = 1
+        root["traits_obj"]._slots["oid\u200b"] = 1
+        wide = root["genesis_obj"].clone()
+        for i in range(10_001):
+            wide._slots[f"s{i}"] = i
+        root["wide_obj"] = wide
+    report = json.loads(run_cli("doctor", "--image", str(image_path), "--json").stdout)
+    problems = "\n".join(report["problems"])
+    assert "'Clone' that looks like the primitive 'clone'" in problems
+    assert "looks like the primitive 'oid'" in problems
+    assert "more than 10000 slots" in problems

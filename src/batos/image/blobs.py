@@ -26,6 +26,7 @@ from ZODB.blob import Blob
 
 from batos.errors import BatosError
 from batos.image.objects import UvmObject
+from batos.image.protection import mark_kernel
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def adapter_record(folder: str | os.PathLike, name: str) -> UvmObject:
         raise BundleError(f"{config_path} is not valid JSON: {exc}") from None
     if not isinstance(config, dict) or str(config.get("peft_type", "")).upper() != "LORA":
         raise BundleError(f"{config_path} does not describe a LoRA adapter")
-    return UvmObject(
+    record = UvmObject(
         adapter_name=name,
         config=config,
         model_blob=blob_from_file(weights_path, keep_source=True),
@@ -190,6 +191,8 @@ def adapter_record(folder: str | os.PathLike, name: str) -> UvmObject:
         sha256=sha256_of_file(weights_path),
         imported_at=time.time(),
     )
+    mark_kernel(record)  # what the kernel trusts of an expert; only the kernel changes it
+    return record
 
 
 def ensure_model_slots(pllm: UvmObject) -> None:

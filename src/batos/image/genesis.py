@@ -11,6 +11,7 @@ import ZODB
 from BTrees.OOBTree import OOBTree
 from zope.interface import implementer
 
+from batos.image import primitives
 from batos.image.blobs import ensure_model_slots
 from batos.image.interfaces import IImage
 from batos.image.objects import PARENT_SLOT, Method, UvmObject
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_KEY = "batos_schema"
 FURNISHED_KEY = "batos_furnished"  # {furnishing name: version installed}
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 PSM_STATES = ("IDLE", "DECOMPOSING", "DELEGATING", "SYNTHESIZING", "VALIDATING", "AWAITING_APPROVAL",
               "COMPLETE", "FAILED")
 
@@ -31,8 +32,7 @@ PLAIN_ROOT_OBJECTS = (
     "pLLM_obj", "memory_manager_obj", "knowledge_catalog_obj", "psm_prototypes_obj",
     "orchestrator_obj", *(f"{p}_prototype_obj" for p in PERSONAS),
 )
-TRAIT_PRIMITIVES = {"clone": "clone", "describe": "describe", "oid": "oid", "slot_names": "slot_names",
-                    "infer_": "infer", "_doesNotUnderstand_": "doesNotUnderstand"}
+TRAIT_PRIMITIVES = primitives.TRAIT_PRIMITIVES
 
 Migration = Callable[[dict], None]
 
@@ -74,9 +74,17 @@ def protect_kernel_objects(root) -> None:
         mark_kernel(cycle)
 
 
+def protect_expert_records(root) -> None:
+    """Schema 6: the records in pLLM_obj's expert table are kernel objects too (a method given one,
+    or a client naming its oid, could rewrite its digest and size)."""
+    for record in root["pLLM_obj"]._slots["lora_repository"].values():
+        if isinstance(record, UvmObject):
+            mark_kernel(record)
+
+
 # MIGRATIONS[n] turns a schema-n root into a schema-(n+1) root, in one transaction.
 MIGRATIONS: dict[int, Migration] = {1: give_pllm_its_repositories, 2: give_psm_its_states, 3: give_traits_every_primitive,
-                                    4: protect_kernel_objects}
+                                    4: protect_kernel_objects, 5: protect_expert_records}
 
 
 @dataclass(frozen=True)

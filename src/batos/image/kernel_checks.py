@@ -3,13 +3,17 @@
 Attacks on earlier versions planted things that a structural check cannot see: blob files
 replaced by links or directories, model and expert files whose bytes no longer match what was
 imported, ``parent*`` slots holding something other than a list of objects, cycles pointing at a
-state that does not exist, kernel objects stripped of their primitives.
+state that does not exist, kernel objects stripped of their primitives, slots on ``traits_obj``
+that look like a primitive's name (``clone\x00``, ``Clone``), objects with tens of thousands of
+slots.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
+import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -18,6 +22,8 @@ from BTrees.OOBTree import OOBTree
 from batos.image.blobs import sha256_of_file, verify_bundle
 from batos.image.genesis import PSM_STATES, TRAIT_PRIMITIVES
 from batos.image.objects import PARENT_SLOT, Method, UvmObject
+
+MAX_SLOTS = 10_000
 
 
 def blob_file_problem(path: str) -> str | None:
@@ -40,13 +46,16 @@ def parents_problem(obj: UvmObject) -> str | None:
     return None
 
 
-def check_kernel(root: Any, objects: Iterable[UvmObject]) -> list[str]:
-    """Every problem with the kernel objects of ``root`` and the ``parent*`` of ``objects``."""
+def check_kernel(root: Any, objects: Iterable[UvmObject], max_slots: int = MAX_SLOTS) -> list[str]:
+    """Every problem with the kernel objects of ``root``, and the ``parent*`` and size of
+    ``objects`` (more than ``max_slots`` slots is reported: no object needs that many)."""
     problems = []
     for obj in objects:
         problem = parents_problem(obj)
         if problem:
             problems.append(f"object {_label(obj)}: {problem}")
+        if next(itertools.islice(iter(obj._slots.keys()), max_slots, None), None) is not None:
+            problems.append(f"object {_label(obj)} has more than {max_slots} slots")
     problems += _traits_problems(root.get("traits_obj"))
     problems += _pllm_problems(root.get("pLLM_obj"))
     problems += _cycle_problems(root)
@@ -66,7 +75,16 @@ def _traits_problems(traits: Any) -> list[str]:
         method = traits._slots.get(selector)
         if not (isinstance(method, Method) and method.origin == "primitive" and method.primitive == name):
             problems.append(f"traits_obj is missing its primitive {selector!r}")
+    primitives = {_plain_name(selector) for selector in TRAIT_PRIMITIVES}
+    for slot in traits._slots.keys():
+        if slot not in TRAIT_PRIMITIVES and _plain_name(slot) in primitives:
+            problems.append(f"traits_obj has a slot {slot!r} that looks like the primitive {_plain_name(slot)!r}")
     return problems
+
+
+def _plain_name(name: str) -> str:
+    """A slot name as a reader sees it: without what does not print or show, in one case."""
+    return unicodedata.normalize("NFKC", "".join(ch for ch in name if ch.isprintable() and not ch.isspace())).casefold()
 
 
 def _pllm_problems(pllm: Any) -> list[str]:

@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 Primitive = Callable[..., Any]
+# The trait primitives every object inherits from traits_obj: selector -> registry name.
+TRAIT_PRIMITIVES = {"clone": "clone", "describe": "describe", "oid": "oid", "slot_names": "slot_names",
+                    "infer_": "infer", "_doesNotUnderstand_": "doesNotUnderstand"}
 
 _registry: dict[str, Primitive] = {}
 _services: set[str] = set()

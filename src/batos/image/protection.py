@@ -3,7 +3,8 @@
 An object is marked by the kernel (at genesis, by migration, when a cycle is made) with the slots
 it protects, or with ``ALL``. Cycles and the cycle's states protect everything; ``traits_obj`` and
 ``pLLM_obj`` protect their kernel slots (primitives, model and expert tables, the active model,
-``parent*``). A slot holding a primitive is protected wherever it is. Clients (``set``,
+``parent*``), and so do the records in ``pLLM_obj``'s expert table. A slot holding a primitive is
+protected wherever it is, and data may not take a primitive's name on any object. Clients (``set``,
 ``define``, rollback) and methods (their write sets) go through :func:`check_writable`; the
 kernel's own code writes ``_slots`` directly and is not checked.
 """
@@ -14,8 +15,10 @@ from typing import Any
 
 from batos.errors import BatosError, Protected
 from batos.image.objects import PARENT_SLOT, Method, UvmObject, describe_short
+from batos.image.primitives import TRAIT_PRIMITIVES
 
 ALL = "*"
+PRIMITIVE_SELECTORS = frozenset(TRAIT_PRIMITIVES)
 KERNEL_MARK = "_kernel_slots"
 PLLM_KERNEL_SLOTS = ("model_bundles", "lora_repository", "active_model", "infer_", PARENT_SLOT)
 
@@ -33,8 +36,14 @@ def is_kernel_object(obj: UvmObject) -> bool:
     return protected_slots(obj) == ALL
 
 
-def check_writable(obj: UvmObject, slot: str) -> None:
-    """Raise Protected unless a client or a method may write (or delete) ``slot`` of ``obj``."""
+_ANY_VALUE = object()
+
+
+def check_writable(obj: UvmObject, slot: str, value: Any = _ANY_VALUE) -> None:
+    """Raise Protected unless a client or a method may write (or delete) ``slot`` of ``obj`` (with
+    ``value``, when given: data may not take a primitive's name, on any object)."""
+    if value is not _ANY_VALUE and not isinstance(value, Method) and slot in PRIMITIVE_SELECTORS:
+        raise Protected(f"{slot!r} is the name of a kernel primitive; data may not shadow it")
     marked = protected_slots(obj)
     if marked == ALL:
         raise Protected(f"{describe_short(obj)} is a kernel object; only the kernel changes it")

@@ -67,6 +67,8 @@ def resolve_target(root, target: str) -> UvmObject:
 def _check_slot_name(name: str) -> None:
     if name.startswith("_"):
         raise ProtocolError(Code.BAD_REQUEST, f"slot names may not begin with '_' ({name!r})")
+    if not name.isprintable():
+        raise ProtocolError(Code.BAD_REQUEST, f"slot names are printable characters only ({name!r})")
 
 
 def _incoming(root, value: Any) -> Any:
@@ -140,7 +142,7 @@ class Dispatcher:
         slot = fields["slot"]
         _check_slot_name(slot)
         _guarded(check_stored_value, slot, fields["value"], self.sandbox.limits)
-        _guarded(check_writable, receiver, slot)
+        _guarded(check_writable, receiver, slot, fields["value"])
         value = _incoming(root, fields["value"])
         if slot == PARENT_SLOT:
             _guarded(check_parents, value)

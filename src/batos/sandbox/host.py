@@ -204,12 +204,13 @@ class CallHost:
                     stack.append(value)
 
     def _apply_one(self, target: UvmObject, name: str, value: Any, deleted: bool) -> None:
-        if not name or name.startswith("_") or len(name) > 256:
+        if not name or name.startswith("_") or len(name) > 256 or not name.isprintable():
             raise ValueError(f"a method may not write a slot named {name[:64]!r}")
-        check_writable(target, name)
         if deleted:
+            check_writable(target, name)
             target._slots.pop(name, None)
             return
+        check_writable(target, name, value)
         self.count_written(len(name.encode()) + check_stored_value(name, value, self.limits))
         converted = self.incoming(value)
         if name == PARENT_SLOT:
