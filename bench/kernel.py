@@ -162,6 +162,8 @@ def run_batos(writing: bool, clients: int, count: int, repeats: int, workdir: Pa
 def baseline_source(ref: str, workdir: Path) -> Path:
     """The ``src`` folder of commit ``ref``, extracted from git."""
     target = workdir / f"src-{ref}"
+    if target.exists():
+        return target / "src"
     target.mkdir()
     archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
@@ -172,6 +174,8 @@ def interpreter_for(source_root: Path, workdir: Path) -> str:
     """A Python that imports batos from ``source_root`` and everything else from this one's
     packages; its child processes (sandbox workers, run with -I) do too."""
     venv = workdir / f"venv-{source_root.parent.name}"
+    if venv.exists():
+        return str(venv / "bin" / "python")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site_packages = next(venv.glob("lib/python*/site-packages"))
     (site_packages / "batos_baseline.pth").write_text(f"{source_root}\n{sysconfig.get_paths()['purelib']}\n")
@@ -212,6 +216,45 @@ def run_methods(source_root: Path | None, count: int, repeats: int, workdir: Pat
     return statistics.median(trivial), statistics.median(three)
 
 
+WIDE_SLOTS = 10_000
+MAKE_WIDE = """
+import sys
+from batos.image import open_image
+import transaction
+image = open_image(sys.argv[1])
+with transaction.manager as txn:
+    root = image.db.open().root()
+    wide = root["genesis_obj"].clone()
+    for i in range(%d):
+        setattr(wide, f"s{i:05d}", i)
+    root["wide_obj"] = wide
+image.close()
+""" % WIDE_SLOTS
+
+
+def run_sets(source_root: Path | None, count: int, repeats: int, workdir: Path, label: str) -> tuple[float, float]:
+    """(sets/s, image bytes per set): one client overwriting slots of an object with WIDE_SLOTS
+    slots, made by that tree's own code; medians. ``source_root`` None: this tree."""
+    python = interpreter_for(source_root, workdir) if source_root else sys.executable
+    rates, growth = [], []
+    for r in range(repeats):
+        image = workdir / f"sets-{label}-{r}.fs"
+        subprocess.run([python, "-c", MAKE_WIDE, str(image)], check=True, env={**os.environ, "BATOS_LLM": "none"})
+        srv = Server(image, python=python if source_root else None).start()
+        wait_until_idle(srv.process.pid)
+        with srv.client() as c:
+            for i in range(20):
+                c.set("wide_obj", f"s{i:05d}", -i)
+            before = image.stat().st_size
+            began = time.perf_counter()
+            for i in range(count):
+                c.set("wide_obj", f"s{(i * 7919) % WIDE_SLOTS:05d}", i)
+            rates.append(count / (time.perf_counter() - began))
+            growth.append((image.stat().st_size - before) / count)
+        srv.stop()
+    return statistics.median(rates), statistics.median(growth)
+
+
 def thread_hop_microseconds(rounds: int = 3000) -> tuple[float, float]:
     """The cost of leaving the event loop for a thread and coming back, one request at a time:
     (stdlib executor with a no-op, WorkerPool with a no-op read job), microseconds per round trip."""
@@ -250,7 +293,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline-ref", default=IN_PROCESS_REF, help="git commit of the in-process baseline")
     parser.add_argument("--previous-ref", default=REUSED_WORKERS_REF, help="git commit of the previous sandbox")
-    parser.add_argument("--only-methods", action="store_true", help="measure only the sandbox rows")
+    parser.add_argument("--only-methods", action="store_true", help="measure only the sandbox and slot-table rows")
+    parser.add_argument("--set-count", type=int, default=300, help="sets per run on the wide object")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="batos-bench-"))
     try:
@@ -262,6 +306,13 @@ def main() -> None:
               f"{'reused/in-process':>18} {'fork/in-process':>16}")
         for name, base, before, now in zip(("trivial (return 1)", "reads+writes 3 slots"), baseline, previous, sandboxed):
             print(f"{name:>22} {base:>11.0f} {before:>15.0f} {now:>14.0f} {before / base:>18.2f} {now / base:>16.2f}")
+        sets_before = run_sets(baseline_source(args.previous_ref, workdir), args.set_count, args.repeats, workdir, "mapping")
+        sets_now = run_sets(None, args.set_count, args.repeats, workdir, "tree")
+        print(f"set on an object of {WIDE_SLOTS} slots, 1 client, medians of {args.repeats}:")
+        print(f"{'slots kept in':>22} {'sets/s':>8} {'bytes/set':>10}")
+        for name, (rate, grown) in (("PersistentMapping", sets_before), ("OOBTree", sets_now)):
+            print(f"{name:>22} {rate:>8.0f} {grown:>10.0f}")
+        print(f"{'tree / mapping':>22} {sets_now[0] / sets_before[0]:>8.2f} {sets_now[1] / sets_before[1]:>10.3f}")
         if args.only_methods:
             return
         rows = []

@@ -328,3 +328,30 @@ def mind_server():
     ScriptedMind.answers, ScriptedMind.requests, ScriptedMind.delays = {}, [], {}
     with serve_http(ScriptedMind) as url:
         yield url
+
+
+class PingWatch:
+    """Pings ``server`` every 50 ms on a thread of its own while inside; ``latencies`` are the
+    round trips, in seconds."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.latencies: list[float] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        with self.server.client(timeout=5) as c:
+            while not self._done.is_set():
+                started = time.monotonic()
+                c.ping()
+                self.latencies.append(time.monotonic() - started)
+                time.sleep(0.05)
+
+    def __enter__(self) -> PingWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()

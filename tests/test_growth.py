@@ -4,8 +4,6 @@ review's findings 6 and 7)."""
 from __future__ import annotations
 
 import os
-import threading
-import time
 
 import ormsgpack
 import pytest
@@ -13,7 +11,7 @@ import zmq
 
 from batos.client import RemoteError
 
-from conftest import Server
+from conftest import PingWatch, Server
 
 
 def image_bytes(srv: Server) -> int:
@@ -81,26 +79,14 @@ def test_large_reads_pipelined_by_one_client_never_hold_up_ping(tmp_path):
         for i in range(55_000):
             root["wide_obj"]._slots[f"s{i}"] = i
     server = Server(tmp_path / "image.fs").start()
-    latencies: list[float] = []
-    done = threading.Event()
-
-    def ping_meanwhile() -> None:
-        with server.client(timeout=5) as c:
-            while not done.is_set():
-                started = time.monotonic()
-                c.ping()
-                latencies.append(time.monotonic() - started)
-                time.sleep(0.05)
-    pinger = threading.Thread(target=ping_meanwhile)
-    pinger.start()
     try:
         requests = [{"id": f"g{n}", "op": "get", "target": "big_obj", "slot": "items"} for n in range(100)]
         requests += [{"id": f"d{n}", "op": "describe", "target": "wide_obj"} for n in range(40)]
-        replies = pipelined(server.endpoint, requests)
+        with PingWatch(server) as watch:
+            replies = pipelined(server.endpoint, requests)
     finally:
-        done.set()
-        pinger.join()
         server.stop()
+    latencies = watch.latencies
     assert all(r["ok"] for r in replies), [r for r in replies if not r["ok"]][:1]
     assert {len(r["result"]) for r in replies if r["id"].startswith("g")} == {199_000}
     assert len(latencies) > 5 and max(latencies) < 2.0, max(latencies)

@@ -202,13 +202,17 @@ def test_a_stored_value_that_shares_its_halves_cannot_pin_the_server(image_path)
 
 # --- kernel data by reachability; primitives' names; what the doctor sees -------------------------
 
+def tiny_adapter(folder):
+    """A peft LoRA adapter folder as small as an import takes."""
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 1}))
+    (folder / "adapter_model.safetensors").write_bytes(b"weights" * 100)
+    return folder
+
+
 def test_expert_records_are_kernel_objects_for_clients_and_methods(image_path, tmp_path):
-    adapter = tmp_path / "mallory"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 1}))
-    (adapter / "adapter_model.safetensors").write_bytes(b"weights" * 100)
     with opened_root(image_path) as root:
-        root["pLLM_obj"]._slots["lora_repository"]["mallory"] = adapter_record(adapter, "mallory")
+        root["pLLM_obj"]._slots["lora_repository"]["mallory"] = adapter_record(tiny_adapter(tmp_path / "mallory"), "mallory")
         root["holder"] = root["genesis_obj"].clone()
         root["holder"]._slots["llm"] = root["pLLM_obj"]
     srv = Server(image_path).start()
@@ -234,12 +238,8 @@ def test_an_older_images_expert_records_become_kernel_objects(image_path, tmp_pa
     from batos.image.genesis import SCHEMA_KEY
     from batos.image.protection import is_kernel_object
 
-    adapter = tmp_path / "old"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 1}))
-    (adapter / "adapter_model.safetensors").write_bytes(b"w" * 10)
     with opened_root(image_path) as root:
-        record = adapter_record(adapter, "old")
+        record = adapter_record(tiny_adapter(tmp_path / "old"), "old")
         del record._kernel_slots  # as an image from before schema 6 kept it
         root["pLLM_obj"]._slots["lora_repository"]["old"] = record
         root[SCHEMA_KEY] = 5

@@ -3,7 +3,6 @@ memory budget, in linear time (the second review's finding 5)."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from batos.errors import BadRequest
 from batos.memory.parsing import parse
 
-from conftest import Server
+from conftest import PingWatch, Server
 
 HEADING_LINE = "# " + " " * 100_000 + "x\n\nSome text under it.\n"
 COMMENT_OPENERS = "<!--" * 100_000  # 400 KB: html.parser rescans it for every chunk it is fed
@@ -53,25 +52,12 @@ def test_ingesting_hostile_documents_never_slows_ping(tmp_path):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     srv = Server(tmp_path / "image.fs", env={"BATOS_MEMORY_PARSE_SECONDS": "8"}).start()
-    latencies: list[float] = []
-    done = threading.Event()
-
-    def ping_meanwhile() -> None:
-        with srv.client(timeout=5) as c:
-            while not done.is_set():
-                started = time.monotonic()
-                c.ping()
-                latencies.append(time.monotonic() - started)
-                time.sleep(0.05)
     try:
-        pinger = threading.Thread(target=ping_meanwhile)
-        pinger.start()
-        with srv.client(timeout=300) as c:
+        with PingWatch(srv) as watch, srv.client(timeout=300) as c:
             results = {r["source"].rsplit("/", 1)[-1]: r for r in c.memory_ingest([tmp_path / n for n in files])}
-        done.set()
-        pinger.join()
     finally:
         srv.stop()
+    latencies = watch.latencies
     assert results["heading.md"]["status"] == "added" and results["script.html"]["status"] == "added"
     assert results["comments.html"]["status"] in ("added", "refused")
     assert len(latencies) > 20 and max(latencies) < 2.0, max(latencies)
