@@ -18,10 +18,12 @@ BIG_SCRIPT = "<html><body><script>" + "var x = 1; // filler\n" * 500_000 + "</sc
 
 
 def test_a_document_that_parses_too_long_is_refused_in_its_budget():
+    parse("warm.md", b"# x\n\ntext\n", 1024, 200, 40)  # the worker has started
     started = time.monotonic()
     with pytest.raises(BadRequest, match="longer than 3 s"):
         parse("comments.html", COMMENT_OPENERS.encode(), 20 * 1024**2, 200, 40, seconds=3)
     assert time.monotonic() - started < 5
+    assert parse("after.md", b"# y\n\nstill parsing\n", 1024, 200, 40).chunks  # a fresh worker took its place
 
 
 @pytest.mark.parametrize("name, text", [("heading.md", HEADING_LINE), ("script.html", BIG_SCRIPT),
@@ -32,18 +34,25 @@ def test_pathological_documents_parse_in_linear_time(name, text):
     assert time.monotonic() - started < 10 and parsed.chunks
 
 
-def test_a_parser_that_answers_nonsense_is_refused(monkeypatch):
+def test_what_a_parser_answers_is_checked_before_it_is_used():
+    from batos.memory.parsing import _checked_chunks, _checked_kind
+
+    assert _checked_chunks([["text", "A > B", 3, "prose"]])[0].section == "A > B"
+    for chunks in ([["text", "section", "0", "prose"]], [["t", "s", 0, "shellcode"]], [["t", "s", True, "code"]],
+                   [["t", "s", 0]], "not a list", [{"text": "t"}]):
+        with pytest.raises(BadRequest, match="malformed"):
+            _checked_chunks(chunks)
+    with pytest.raises(BadRequest, match="unknown kind"):
+        _checked_kind("exe")
+
+
+def test_documents_are_parsed_by_a_confined_worker_a_fresh_child_each():
     from batos.memory import parsing
 
-    monkeypatch.setattr(parsing, "_exchange", lambda child, job, deadline: b"\x92\x01\x02")
-    with pytest.raises(BadRequest, match="could not be parsed"):
-        parse("x.md", b"# x\n\ntext\n", 1024, 200, 40)
-    import ormsgpack
-    for chunks in ([["text", "section", "0", "prose"]], [["t", "s", 0, "shellcode"]], "not a list"):
-        monkeypatch.setattr(parsing, "_exchange", lambda child, job, deadline, c=chunks: ormsgpack.packb(
-            {"ok": True, "kind": "markdown", "chunks": c}))
-        with pytest.raises(BadRequest, match="malformed"):
-            parse("x.md", b"# x\n\ntext\n", 1024, 200, 40)
+    parse("warm.md", b"# x\n\ntext\n", 1024, 200, 40)
+    confinement = parsing._default.pool.confinement
+    assert {"landlock", "seccomp", "no_new_privs"} <= set(confinement["applied"])
+    assert confinement["status"]["Seccomp"] == "2" and int(confinement["status"]["CapEff"], 16) == 0
 
 
 @pytest.mark.slow

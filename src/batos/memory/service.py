@@ -28,7 +28,7 @@ from batos.llm.embeddings import DIMENSIONS
 from batos.memory.catalog import ROOT_KEY, Catalog, Document
 from batos.memory.chunking import Chunk, chunk_text
 from batos.memory.extract import DEFAULT_MAX_BYTES
-from batos.memory.parsing import PARSE_SECONDS, parse
+from batos.memory.parsing import PARSE_SECONDS, Parser
 from batos.memory.interfaces import IMemoryService
 from batos.memory.search import CANDIDATES, VectorIndex, maximal_marginal_relevance, reciprocal_rank_fusion
 from batos.memory.weaver import weave
@@ -62,6 +62,7 @@ class MemoryService:
         self.uploads = uploads
         self.policy = policy
         self.vectors = VectorIndex()
+        self.parser = Parser()
         self.embedded_chunks = 0  # by this process: a restart starts again at 0
         self._manager = transaction.TransactionManager(explicit=True)
         self._connection = db.open(transaction_manager=self._manager)
@@ -90,8 +91,8 @@ class MemoryService:
         known, chunks = self._read(known)
         if known == digest:
             return {"source": source, "status": "unchanged", "chunks": chunks}
-        parsed = parse(source, data, self.policy.max_bytes, self.policy.chunk_words, self.policy.overlap_words,
-                       self.policy.parse_seconds)
+        parsed = self.parser.parse(source, data, self.policy.max_bytes, self.policy.chunk_words,
+                                   self.policy.overlap_words, self.policy.parse_seconds)
         count = self._store(source, digest, parsed.kind, len(data), parsed.chunks, progress, principal)
         return {"source": source, "status": "replaced" if known else "added", "chunks": count}
 
@@ -278,6 +279,7 @@ class MemoryService:
         with contextlib.suppress(queue.Full):
             self._weaving.put_nowait(None)
         self._weaver.join(timeout=5)
+        self.parser.close()
         with contextlib.suppress(Exception):
             self._connection.close()
 

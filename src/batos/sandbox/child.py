@@ -3,9 +3,9 @@
 Started by :mod:`batos.sandbox.pool` as ``python -I -m batos.sandbox.child LIMITS`` in an empty
 folder with an empty environment. It imports what it needs, confines itself
 (:mod:`batos.sandbox.confine`), says hello with what it applied and what the kernel says of it,
-and becomes a **zygote**: it never runs a method itself. Each call is served by a child forked
-from it, which takes forking away from itself, waits until the zygote has reaped the child before
-it, serves exactly one call and exits. Nothing a call does (an implant, a replaced function, a
+and becomes a **zygote** (:mod:`batos.sandbox.zygote`): it never runs a method itself. Each call
+is served by a child forked from it, which takes forking away from itself, waits until the
+zygote has reaped the child before it, serves exactly one call and exits. Nothing a call does (an implant, a replaced function, a
 frame left in the pipe) can reach the next one: the next call is another process, forked from a
 zygote no call has touched. The zygote tells the UVM on a pipe of its own (which no call holds)
 each time a new child is ready, so the UVM never gives a call to a worker whose previous child
@@ -21,18 +21,14 @@ the UVM decides what may be written. Every frame of a call carries the call's no
 
 from __future__ import annotations
 
-import gc
-import json
 import marshal
-import os
-import sys
 import traceback
 from typing import Any, Callable
 
 from batos.sandbox import channel as wire
 from batos.sandbox.channel import Channel, Ref
-from batos.sandbox.confine import SANDBOX_UID, CallSeal, confine, load_libseccomp
 from batos.sandbox.restricted import METHOD_FILE_PREFIX, compile_method, define_method, method_code
+from batos.sandbox.zygote import become_zygote
 DELETED = object()
 
 
@@ -218,50 +214,6 @@ class Worker:
                 return wire.pack({**done, "ok": False, "error": "the method failed in a way that cannot be reported"})
 
 
-class Zygote:
-    """Forks one child per call (see the module docstring); holds nothing a call could use."""
-
-    def __init__(self, channel: Channel, ready_fd: int, seal: CallSeal):
-        self.channel = channel
-        self.ready_fd = ready_fd
-        self.seal = seal
-
-    def serve(self) -> None:
-        """Until the UVM closes the ready pipe: keep one child waiting, release it once the one
-        before it is reaped."""
-        gc.freeze()  # what the zygote holds is never collected, so no child copies it to look
-        current = self.fork_child()
-        self.release(current)
-        while True:
-            following = self.fork_child()
-            os.waitpid(current[0], 0)
-            current = following
-            self.release(current)
-
-    def fork_child(self) -> tuple[int, int]:
-        """(pid, the write end of its go pipe): a child that has sealed itself and waits."""
-        go_read, go_write = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(go_write)
-                os.close(self.ready_fd)
-                gc.disable()  # a call is short and bounded by its rlimits; collecting would copy the zygote's pages
-                rehearse()
-                if self.seal.apply() is None and os.read(go_read, 1) == b"g":
-                    os.close(go_read)
-                    Worker(self.channel).serve_one()
-            finally:
-                os._exit(0)
-        os.close(go_read)
-        return pid, go_write
-
-    def release(self, child: tuple[int, int]) -> None:
-        os.write(child[1], b"g")
-        os.close(child[1])
-        os.write(self.ready_fd, b"r")
-
-
 def described(value: Any, depth: int = 0) -> Any:
     """A result made of plain data, with what plain data cannot hold written ``{"$repr": ...}``."""
     if depth > 32:
@@ -309,37 +261,13 @@ def rehearse() -> None:
     Worker(Channel(-1, -1, 0)).run(wire.unpack(REHEARSAL))
 
 
-STATUS_FIELDS = ("Uid", "Gid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
-
-
-def kernel_status(fd: int) -> dict[str, str]:
-    """What the kernel says of this process (read through a file opened before confinement)."""
-    text = os.pread(fd, 8192, 0).decode("ascii", "replace")
-    os.close(fd)
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return {name: " ".join(fields.get(name, "?").split()) for name in STATUS_FIELDS}
+def serve_method_call(channel: Channel) -> None:
+    """Serve the one call this child is for."""
+    Worker(channel).serve_one()
 
 
 def main() -> None:
-    limits = json.loads(sys.argv[1])
-    # The channel moves off fds 0 and 1 so that nothing printed by accident can corrupt it.
-    read_fd, write_fd = os.dup(0), os.dup(1)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
-    channel = Channel(read_fd, write_fd, limits["max_frame"])
-    warm_up()
-    status = os.open("/proc/self/status", os.O_RDONLY)
-    libseccomp = load_libseccomp()
-    seal = CallSeal(libseccomp)
-    applied, missing = confine(limits["memory_bytes"], limits["cpu_seconds"], limits["open_files"],
-                               limits.get("uid", SANDBOX_UID), libseccomp)
-    channel.send({"t": "hello", "pid": os.getpid(), "applied": applied, "missing": missing,
-                  "status": kernel_status(status)})
-    try:
-        Zygote(channel, limits["ready_fd"], seal).serve()
-    except OSError:  # the UVM closed its end: nothing left to serve
-        os._exit(0)
+    become_zygote(warm_up, serve_method_call, rehearse)
 
 
 if __name__ == "__main__":
