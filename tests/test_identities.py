@@ -242,3 +242,30 @@ def test_a_users_uploads_have_a_quota(owned):
         except RemoteError as exc:
             code = exc.code
         assert code == "too_large" and offset <= 1024**3
+
+
+def test_one_identity_cannot_fill_the_open_cycles_alone(tmp_path, model_server):
+    from conftest import ScriptedModel
+
+    ScriptedModel.delay = 3.0  # cycles stay open while the test starts more
+    keys = Keys()
+    make_counter(tmp_path / "image.fs")
+    env = {**keys.env(tmp_path / "clients"), "BATOS_MAX_OPEN_CYCLES_PER_CLIENT": "2", "BATOS_MAX_OPEN_CYCLES": "4",
+           "BATOS_MAX_CYCLES_PER_MINUTE": "100"}
+    srv = uvm(tmp_path / "image.fs", model_server, **env)
+    srv = KeyedServer(srv.image, keys=keys, env={k: v for k, v in srv.env.items() if k.startswith("BATOS_")}).start()
+    try:
+        codes = []
+        with keys.client(srv, keys.alice) as alice:
+            for n in range(3):
+                try:
+                    alice.send("counter_obj", f"alice_{n}", wait=False)
+                    codes.append("ok")
+                except RemoteError as exc:
+                    codes.append(exc.code)
+        assert codes == ["ok", "ok", "rate_limited"]
+        with keys.client(srv, keys.bob) as bob:
+            assert bob.send("counter_obj", "bob_0", wait=False)["state"] == "queued"
+    finally:
+        ScriptedModel.delay = 0.0
+        srv.stop()

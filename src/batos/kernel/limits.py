@@ -13,18 +13,25 @@ WINDOW_SECONDS = 60.0
 
 
 class CycleStarts:
-    """How many cycles each client (by routing identity) may start per minute, and how many may be
-    open at once in all. A client joining a cycle that is already open starts nothing."""
+    """How many cycles each client (by identity, or without identities by routing identity) may start
+    per minute, how many it may have open at once, and how many may be open in all. A client
+    joining a cycle that is already open starts nothing."""
 
-    def __init__(self, per_minute: int, max_open: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, per_minute: int, max_open: int, max_open_per_client: int | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.per_minute = per_minute
         self.max_open = max_open
+        self.max_open_per_client = max_open_per_client or max_open
         self.clock = clock
         self._starts: dict[bytes, collections.deque] = {}
         self._lock = threading.Lock()
 
-    def allow(self, peer: bytes, open_cycles: int) -> None:
-        """Record one start by ``peer``; RateLimited (recording nothing) when over a limit."""
+    def allow(self, peer: bytes, open_cycles: int, own_open: int = 0) -> None:
+        """Record one start by ``peer`` (which has ``own_open`` of the ``open_cycles``);
+        RateLimited (recording nothing) when over a limit."""
+        if own_open >= self.max_open_per_client:
+            raise RateLimited(f"this client has {own_open} cycles open, the most BATOS_MAX_OPEN_CYCLES_PER_CLIENT "
+                              "allows; wait for some to finish")
         if open_cycles >= self.max_open:
             raise RateLimited(f"{open_cycles} cycles are open, the most BATOS_MAX_OPEN_CYCLES allows; "
                               "wait for some to finish")

@@ -90,6 +90,7 @@ class Settings:
     max_write_bytes: int = 8 * 1024**2
     max_cycles_per_minute: int = 10
     max_open_cycles: int = 64
+    max_open_cycles_per_client: int = 16  # so one client cannot fill max_open_cycles alone
     sandbox_workers: int = 0  # 0: as many as `workers`
     sandbox_memory_bytes: int = 1024**3
 
@@ -116,7 +117,8 @@ class UVM:
         self.sandbox = SandboxPool(settings.sandbox_workers or settings.workers, settings.sandbox_limits())
         self.dispatcher = Dispatcher(self.sandbox, method_budget=settings.method_budget,
                                      max_source_bytes=settings.max_source_bytes)
-        self.cycle_starts = CycleStarts(settings.max_cycles_per_minute, settings.max_open_cycles)
+        self.cycle_starts = CycleStarts(settings.max_cycles_per_minute, settings.max_open_cycles,
+                                        settings.max_open_cycles_per_client)
         self.core: CognitiveCore | None = None
         self.models: ModelService | None = None
         self.cycles: CycleService | None = None
@@ -360,7 +362,8 @@ class UVM:
         options = call.options or {}
         found = await self.cycles.missing_method(
             call.receiver, selector, args, call.kwargs, options.get("intent"), options.get("examples"),
-            options.get("wait", True), functools.partial(self.cycle_starts.allow, request.peer), context.emit)
+            options.get("wait", True), functools.partial(self.cycle_starts.allow, request.peer), context.emit,
+            opened_by=request.peer.hex())
         if found["state"] == "queued":
             return {"cycle": found["id"], "state": "queued"}
         if found["state"] == "FAILED":

@@ -464,29 +464,31 @@ class CycleRunner:
 
     def start_or_join(self, target_oid: str, selector: str, args: list, kwargs: dict,
                       intent: str | None = None, examples: list | None = None,
-                      may_start: Callable[[int], None] | None = None) -> str:
+                      may_start: Callable[[int, int], None] | None = None, opened_by: str = "") -> str:
         """The open cycle for (target, selector), or a new one in IDLE; its id.
 
-        Before a new cycle is made, ``may_start(number of open cycles)`` may refuse by raising.
+        Before a new cycle is made, ``may_start(open cycles, of them opened by opened_by)`` may
+        refuse by raising; the new cycle records ``opened_by`` (who asked, for per-client limits).
         """
         def start(root) -> str:
-            open_cycles = 0
+            open_cycles = own_open = 0
             for cycle in root["active_cycles"].values():
                 s = cycle._slots
                 if state_of(cycle) in FINISHED:
                     continue
                 open_cycles += 1
+                own_open += bool(opened_by) and s.get("opened_by") == opened_by
                 if oid_text(s["target"]) == target_oid and s["selector"] == selector:
                     return s["cycle_id"]
             if may_start is not None:
-                may_start(open_cycles)
+                may_start(open_cycles, own_open)
             target = self._connection.get(int(target_oid, 16).to_bytes(8, "big"))
             cycle_id = uuid.uuid4().hex[:12]
             now = time.time()
             root["active_cycles"][cycle_id] = UvmObject(
                 cycle_id=cycle_id, target=target, selector=selector, args=list(args), kwargs=dict(kwargs),
                 intent=intent, examples=list(examples or []), iteration=1, attempts=PersistentList(),
-                transitions=[{"state": "IDLE", "at": now}], created=now, updated=now,
+                transitions=[{"state": "IDLE", "at": now}], created=now, updated=now, opened_by=opened_by,
                 **{STATE_SLOT: root["psm_prototypes_obj"]._slots["IDLE"]},
             )
             mark_kernel(root["active_cycles"][cycle_id])

@@ -94,11 +94,12 @@ class CycleService:
 
     async def missing_method(self, receiver: str, selector: str, args: list, kwargs: dict,
                              intent: str | None, examples: list | None, wait: bool,
-                             may_start: Callable[[int], None] | None, on_state: OnState) -> dict[str, Any]:
+                             may_start: Callable[[int, int], None] | None, on_state: OnState,
+                             opened_by: str = "") -> dict[str, Any]:
         """Start (or join) the cycle for ``receiver``'s ``selector``; unless ``wait`` is false,
         wait for it to stop, telling ``on_state`` of each state. The cycle's summary."""
         cycle_id = await asyncio.to_thread(self.runner.start_or_join, receiver, selector, args, kwargs,
-                                           intent, examples, may_start)
+                                           intent, examples, may_start, opened_by)
         if not wait:
             self.enqueue(cycle_id)
             return {"id": cycle_id, "state": "queued"}
