@@ -129,10 +129,21 @@ def test_method_history_and_versions():
     first = Method("area", "def area(self):\n    return 1\n")
     second = first.successor("def area(self):\n    return 2\n")
     third = second.successor("def area(self):\n    return 3\n", origin="synthesized", cycle="c1")
-    assert [h["source"].strip()[-1] for h in third.history] == ["1", "2"]
-    assert [h["version"] for h in third.history] == [1, 2]
+    assert [h["source"].strip()[-1] for h in third.earlier_versions()] == ["1", "2"]
+    assert [h["version"] for h in third.earlier_versions()] == [1, 2]
     assert third.version == 3 and third.origin == "synthesized" and third.cycle == "c1"
-    assert first.version == 1 and len(first.history) == 0
+    assert first.version == 1 and first.earlier_versions() == []
+
+
+def test_a_method_from_an_older_image_keeps_its_history_under_new_versions():
+    """Images before version chains kept earlier versions as records in ``history``."""
+    old = Method("area", "def area(self):\n    return 3\n", history=[
+        {"version": 1, "source": "def area(self):\n    return 1\n", "origin": "architect"},
+        {"version": 2, "source": "def area(self):\n    return 2\n", "origin": "architect"}])
+    del old.number  # as such an image stored it
+    newer = old.successor("def area(self):\n    return 4\n")
+    assert old.version == 3 and newer.version == 4
+    assert [h["version"] for h in newer.earlier_versions()] == [1, 2, 3]
 
 
 def test_method_source_must_be_one_function_of_the_selector():

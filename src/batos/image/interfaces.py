@@ -36,13 +36,18 @@ class IMethod(Interface):
 
     A Method holds source text (or, for a primitive, the registry name of kernel code), never
     a live function. The compiled function is a per-process cache that is rebuilt on demand.
-    Reinstalling a selector keeps every earlier version in ``history``.
+    Reinstalling a selector keeps every earlier version: ``earlier_versions()`` gives them, oldest
+    first, each written to the image once (the new version points at the one it replaced).
     """
 
     selector = Attribute("the message name the method answers")
     source = Attribute("Python source of one function whose first parameter is the receiver")
     origin = Attribute("'architect', 'synthesized' or 'primitive'")
-    history = Attribute("PersistentList of earlier versions, oldest first")
+    previous = Attribute("the Method this version replaced, or None")
+    history = Attribute("earlier versions as records, kept only by images written before ``previous``")
+
+    def earlier_versions():
+        """Every earlier version as a plain record, oldest first."""
 
 
 class IImage(Interface):

@@ -190,10 +190,16 @@ def function_name_of(source: str) -> str:
 
 @implementer(IMethod)
 class Method(persistent.Persistent):
-    """Behaviour stored as source text (or as the name of a primitive)."""
+    """Behaviour stored as source text (or as the name of a primitive).
+
+    Earlier versions are reached through ``previous`` (the Method this one replaced), so a new
+    version writes its own source once, never the sources before it. Methods written before
+    that kept their earlier versions as records in ``history``; both read back the same."""
 
     facet_system: str | None = None  # images written before facets existed have no such attribute
     facet_intent: str | None = None  # what a compiled facet was compiled from
+    previous: Method | None = None  # the version this one replaced (None: none, or an older image's history)
+    number: int | None = None  # this version's number (None in older images: len(history) + 1)
 
     def __init__(
         self,
@@ -205,6 +211,7 @@ class Method(persistent.Persistent):
         cycle: str | None = None,
         history: list[dict] | None = None,
         facet_system: str | None = None,
+        previous: Method | None = None,
     ):
         if origin not in ORIGINS:
             raise ValueError(f"origin must be one of {ORIGINS}, not {origin!r}")
@@ -223,6 +230,8 @@ class Method(persistent.Persistent):
         self.cycle = cycle
         self.installed_at = time.time()
         self.history = PersistentList(history or [])
+        self.previous = previous
+        self.number = previous.version + 1 if previous is not None else len(self.history) + 1
         # A facet's source calls self.infer_ with this system prompt; the runtime serves the call
         # outside any transaction, so the method itself never runs in-process.
         self.facet_system = facet_system
@@ -230,10 +239,18 @@ class Method(persistent.Persistent):
     @property
     def version(self) -> int:
         """1 for the first version of a selector, counting up with each reinstall."""
-        return len(self.history) + 1
+        return self.number if self.number is not None else len(self.history) + 1
+
+    def earlier_versions(self) -> list[dict]:
+        """Every earlier version as a record (see :meth:`record`), oldest first."""
+        chain, method = [], self
+        while method.previous is not None:
+            method = method.previous
+            chain.append(method.record())
+        return list(method.history) + chain[::-1]
 
     def record(self) -> dict:
-        """This version as a plain dict, as kept in a successor's history."""
+        """This version as a plain dict, as an earlier version is shown."""
         return {
             "version": self.version,
             "source": self.source,
@@ -246,11 +263,8 @@ class Method(persistent.Persistent):
         }
 
     def successor(self, source: str, origin: str = "architect", **provenance: Any) -> Method:
-        """A new Method for the same selector whose history ends with this version."""
-        return Method(
-            self.selector, source, origin,
-            history=list(self.history) + [self.record()], **provenance,
-        )
+        """A new Method for the same selector whose earlier versions end with this one."""
+        return Method(self.selector, source, origin, previous=self, **provenance)
 
     def __repr__(self) -> str:
         return f"<Method {self.selector} v{self.version} ({self.origin})>"

@@ -179,13 +179,13 @@ class Dispatcher:
         """A method's current source and provenance, and every earlier version."""
         method = self._own_method(root, fields)
         return {**method.record(), "selector": method.selector, "model": getattr(method, "model", None),
-                "history": [dict(h) for h in method.history]}
+                "history": [dict(h) for h in method.earlier_versions()]}
 
     def op_method_rollback(self, root, fields: dict) -> Any:
         """Reinstall version N of a method as a new version (history keeps everything)."""
         receiver = resolve_target(root, fields["target"])
         method = self._own_method(root, fields)
-        versions = {h["version"]: h for h in method.history}
+        versions = {h["version"]: h for h in method.earlier_versions()}
         wanted = versions.get(fields["version"])
         if wanted is None or wanted.get("origin") == "primitive":
             known = ", ".join(str(v) for v in sorted(versions)) or "none"
