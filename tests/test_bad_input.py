@@ -115,3 +115,25 @@ def test_a_pathological_heading_line_is_chunked_in_linear_time(line):
     chunk_text(line)
     assert time.monotonic() - started < 1.0
     assert found[0].kind == "heading"
+
+
+def test_a_payload_of_millions_of_empty_maps_is_refused_before_it_is_decoded(srv):
+    """The hostile review's finding: 16 MiB of empty maps held the event loop ~5 s per copy."""
+    import struct
+
+    count = 16 * 1024**2 - 64
+    bomb = b"\x83\xa2id\xa1b\xa2op\xa4ping\xa5extra\xdd" + struct.pack(">I", count) + b"\x80" * count
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 30_000)
+    sock.connect(srv.endpoint)
+    try:
+        for _ in range(3):
+            sock.send(bomb)
+        started = time.monotonic()
+        with srv.client(timeout=5) as c:
+            assert c.ping()["pong"] and time.monotonic() - started < 2.0
+        replies = [ormsgpack.unpackb(sock.recv()) for _ in range(3)]
+    finally:
+        sock.close()
+    assert [r["error"]["code"] for r in replies] == ["too_large"] * 3 and replies[0]["id"] is None

@@ -187,6 +187,27 @@ def test_users_cannot_see_or_touch_each_others_conversations(owned):
         assert conversation_id in [c["id"] for c in admin.call("conversations_list")]
 
 
+def test_a_conversation_named_by_its_oid_is_not_found_for_another_user(owned):
+    """The hostile review's finding: bob walked oids with describe and read alice's conversation."""
+    from batos.mind import conversations
+
+    from conftest import opened_root
+
+    srv, keys, conversation_id, *_ = owned
+    with keys.client(srv, keys.root) as admin:
+        oid = next(c for c in admin.call("conversations_list") if c["id"] == conversation_id)["oid"]
+        assert admin.get(oid, "title") == "alice's private question"
+        admin.define("genesis_obj", "def peek(self, other):\n    return other.title\n")
+    with keys.client(srv, keys.bob) as bob:
+        for call in (lambda: bob.describe(oid), lambda: bob.get(oid, "title"), lambda: bob.set(oid, "title", "x"),
+                     lambda: bob.send("genesis_obj", "peek", {"$oid": oid}), lambda: bob.send(oid, "clone")):
+            with pytest.raises(RemoteError) as caught:
+                call()
+            assert caught.value.code == "not_found"
+    with keys.client(srv, keys.alice) as alice:
+        assert alice.get(oid, "title") == "alice's private question"
+
+
 def test_users_cannot_see_or_touch_each_others_documents(owned):
     srv, keys, _, note, chunk = owned
     with keys.client(srv, keys.bob) as bob:

@@ -26,6 +26,7 @@ from batos.principals import OWNER, Principal
 log = logging.getLogger(__name__)
 
 RECEIVE_BURST = 64
+LARGE_BURST_BYTES = 1024**2
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[Request, Emit], Awaitable[dict[str, Any]]]
@@ -127,16 +128,22 @@ class Bridge:
 
     def _drain(self) -> None:
         sock = self.socket
+        received = 0
         for _ in range(RECEIVE_BURST):
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
             if self.gate is None:
-                self._accept(sock.recv_multipart(zmq.NOBLOCK), OWNER)
-                continue
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            principal = self.gate.principal_of(frames[-1])
-            if principal is not None:  # ZAP admitted the connection, so this cannot fail; if it did, say nothing
-                self._accept([frame.bytes for frame in frames], principal)
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+                self._accept(parts, OWNER)
+            else:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                principal = self.gate.principal_of(frames[-1])
+                parts = [frame.bytes for frame in frames]
+                if principal is not None:  # ZAP admitted the connection, so this cannot fail; if it did, say nothing
+                    self._accept(parts, principal)
+            received += len(parts[-1])
+            if received > LARGE_BURST_BYTES:
+                break  # a large message decoded: let other clients' replies go out before the next
         self._loop.call_soon(self._drain)  # let other callbacks run before reading on
 
     def _accept(self, parts: list[bytes], principal: Principal) -> None:
@@ -149,7 +156,7 @@ class Bridge:
             peer = principal.key.encode() if self.gate else (envelope[0] if envelope else b"")
             request = protocol.decode(payload, peer=peer, principal=principal)
         except ProtocolError as exc:
-            self._send(envelope, protocol.error_reply(protocol.request_id_of(payload), exc.code, exc.message))
+            self._send(envelope, protocol.error_reply(exc.request_id, exc.code, exc.message))
             return
         if len(self.in_flight) >= self.max_in_flight:
             self._send(envelope, protocol.error_reply(request.id, Code.BUSY, "too many requests in flight; retry shortly"))

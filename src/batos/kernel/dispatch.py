@@ -19,13 +19,14 @@ from ZODB.POSException import POSKeyError
 from batos.errors import BatosError
 from batos.image import primitives
 from batos.image.objects import PARENT_SLOT, Method, MethodSourceError, UvmObject, function_name_of, lookup, oid_text
-from batos.image.protection import check_parents, check_writable
+from batos.image.protection import check_parents, check_writable, is_kernel_object
 from batos.image.traits import NotUnderstood, describe
 from batos.image.values import ValueTooLarge, from_plain, to_plain
 from batos.kernel import services
 from batos.kernel.protocol import Code, ProtocolError
 from batos.mind import guardian
 from batos.mind.cycle import is_facet
+from batos.principals import OWNER, Principal
 from batos.sandbox import SandboxPool, run_method
 from batos.sandbox.host import check_stored_value, method_digest
 from batos.sandbox.restricted import check_compiles
@@ -47,8 +48,10 @@ class ServiceCall:
     options: dict | None = None  # intent, examples, wait: for a mission, never for the method
 
 
-def resolve_target(root, target: str) -> UvmObject:
-    """The object a request names: a root name, or an oid written ``0x..``."""
+def resolve_target(root, target: str, principal: Principal = OWNER) -> UvmObject:
+    """The object a request names: a root name, or an oid written ``0x..``. An object that
+    belongs to someone (a kernel object with an ``owner``, such as a conversation) is NotFound
+    for any other principal but an admin, whatever names it."""
     if OID_TEXT.fullmatch(target):
         try:
             obj = root._p_jar.get(int(target, 16).to_bytes(8, "big"))
@@ -59,9 +62,14 @@ def resolve_target(root, target: str) -> UvmObject:
         if obj is None:
             names = ", ".join(sorted(k for k, v in root.items() if isinstance(v, UvmObject)))
             raise ProtocolError(Code.NOT_FOUND, f"no root object named {target!r} (root objects: {names})")
-    if not isinstance(obj, UvmObject):
-        raise ProtocolError(Code.NOT_FOUND, f"{target} is not a UvmObject")
+    if not isinstance(obj, UvmObject) or not visible_to(obj, principal):
+        raise ProtocolError(Code.NOT_FOUND, f"{target} is not a UvmObject" if not isinstance(obj, UvmObject)
+                            else f"no object has oid {target}")
     return obj
+
+
+def visible_to(obj: UvmObject, principal: Principal) -> bool:
+    return not (is_kernel_object(obj) and "owner" in obj._slots) or principal.may_see(obj._slots["owner"])
 
 
 def _check_slot_name(name: str) -> None:
@@ -71,8 +79,8 @@ def _check_slot_name(name: str) -> None:
         raise ProtocolError(Code.BAD_REQUEST, f"slot names are printable characters only ({name!r})")
 
 
-def _incoming(root, value: Any) -> Any:
-    return from_plain(value, lambda oid: resolve_target(root, oid))
+def _incoming(root, value: Any, principal: Principal = OWNER) -> Any:
+    return from_plain(value, lambda oid: resolve_target(root, oid, principal))
 
 
 def _adopt_new_objects(root, value: Any) -> None:
@@ -117,19 +125,19 @@ class Dispatcher:
         except BatosError as exc:
             raise ProtocolError(exc.code, str(exc)) from None
 
-    def op_describe(self, root, fields: dict, max_nodes: int | None = None) -> Any:
+    def op_describe(self, root, fields: dict, max_nodes: int | None = None, principal: Principal = OWNER) -> Any:
         """``max_nodes``: raise ValueTooLarge, reading nothing more, for an object with more
         slots or a description with more parts (the caller then reads it where time is cheaper)."""
-        receiver = resolve_target(root, fields["target"])
+        receiver = resolve_target(root, fields["target"], principal)
         if max_nodes is None:
             return _plain_reply(describe, receiver)
         if next(itertools.islice(iter(receiver._slots.keys()), max_nodes, None), _NONE) is not _NONE:
             raise ValueTooLarge(f"more than {max_nodes} slots")
         return to_plain(describe(receiver), max_nodes)
 
-    def op_get(self, root, fields: dict, max_nodes: int | None = None) -> Any:
+    def op_get(self, root, fields: dict, max_nodes: int | None = None, principal: Principal = OWNER) -> Any:
         """``max_nodes``: as for op_describe, for a value with more parts."""
-        receiver = resolve_target(root, fields["target"])
+        receiver = resolve_target(root, fields["target"], principal)
         value, holder = lookup(receiver, fields["slot"])
         if holder is None:
             raise ProtocolError(Code.NOT_FOUND, f"{receiver!r} has no slot {fields['slot']!r}")
@@ -137,20 +145,20 @@ class Dispatcher:
             return to_plain(value, max_nodes)
         return _plain_reply(to_plain, value)
 
-    def op_set(self, root, fields: dict) -> Any:
-        receiver = resolve_target(root, fields["target"])
+    def op_set(self, root, fields: dict, principal: Principal = OWNER) -> Any:
+        receiver = resolve_target(root, fields["target"], principal)
         slot = fields["slot"]
         _check_slot_name(slot)
         _guarded(check_stored_value, slot, fields["value"], self.sandbox.limits)
         _guarded(check_writable, receiver, slot, fields["value"])
-        value = _incoming(root, fields["value"])
+        value = _incoming(root, fields["value"], principal)
         if slot == PARENT_SLOT:
             _guarded(check_parents, value)
         setattr(receiver, slot, value)
         return _plain_reply(to_plain, receiver._slots[slot])
 
-    def op_define(self, root, fields: dict) -> Any:
-        receiver = resolve_target(root, fields["target"])
+    def op_define(self, root, fields: dict, principal: Principal = OWNER) -> Any:
+        receiver = resolve_target(root, fields["target"], principal)
         source = fields["source"]
         if len(source.encode()) > self.max_source_bytes:
             raise ProtocolError(Code.TOO_LARGE, f"a method's source may be at most {self.max_source_bytes} bytes")
@@ -175,16 +183,16 @@ class Dispatcher:
         setattr(receiver, selector, method)
         return {"target": oid_text(receiver), "selector": selector, "version": method.version}
 
-    def op_methods(self, root, fields: dict) -> Any:
+    def op_methods(self, root, fields: dict, principal: Principal = OWNER) -> Any:
         """A method's current source and provenance, and every earlier version."""
-        method = self._own_method(root, fields)
+        method = self._own_method(root, fields, principal)
         return {**method.record(), "selector": method.selector, "model": getattr(method, "model", None),
                 "history": [dict(h) for h in method.earlier_versions()]}
 
-    def op_method_rollback(self, root, fields: dict) -> Any:
+    def op_method_rollback(self, root, fields: dict, principal: Principal = OWNER) -> Any:
         """Reinstall version N of a method as a new version (history keeps everything)."""
-        receiver = resolve_target(root, fields["target"])
-        method = self._own_method(root, fields)
+        receiver = resolve_target(root, fields["target"], principal)
+        method = self._own_method(root, fields, principal)
         versions = {h["version"]: h for h in method.earlier_versions()}
         wanted = versions.get(fields["version"])
         if wanted is None or wanted.get("origin") == "primitive":
@@ -196,18 +204,18 @@ class Dispatcher:
         setattr(receiver, fields["selector"], restored)
         return {"selector": fields["selector"], "version": restored.version, "restored_from": fields["version"]}
 
-    def _own_method(self, root, fields: dict) -> Method:
-        receiver = resolve_target(root, fields["target"])
+    def _own_method(self, root, fields: dict, principal: Principal = OWNER) -> Method:
+        receiver = resolve_target(root, fields["target"], principal)
         method = receiver._slots.get(fields["selector"])
         if not isinstance(method, Method):
             raise ProtocolError(Code.NOT_FOUND, f"{receiver!r} has no method {fields['selector']!r} of its own")
         return method
 
-    def op_send(self, root, fields: dict) -> Any:
-        receiver = resolve_target(root, fields["target"])
+    def op_send(self, root, fields: dict, principal: Principal = OWNER) -> Any:
+        receiver = resolve_target(root, fields["target"], principal)
         selector = fields["selector"]
-        args = _incoming(root, fields.get("args", []))
-        kwargs = _incoming(root, fields.get("kwargs", {}))
+        args = _incoming(root, fields.get("args", []), principal)
+        kwargs = _incoming(root, fields.get("kwargs", {}), principal)
         value, holder = lookup(receiver, selector)
         if is_facet_intent(selector, value) and self.synthesize_missing:
             # a facet slot holding its intent: compiled on first use, from that intent

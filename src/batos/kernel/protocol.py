@@ -20,6 +20,7 @@ MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 MAX_FRAMES = 8  # identity frames from a few proxy hops, a delimiter, the payload
 MAX_ID_LENGTH = 128
 MAX_NAME_LENGTH = 256
+MAX_CONTAINERS = 1_000_000  # lists and maps in one payload (an upload chunk of 4 MiB of random bytes looks like ~500,000)
 MAX_DAYS = 36500  # a century: older is "everything", and a larger number is a mistake
 
 
@@ -55,6 +56,7 @@ class ProtocolError(BatosError):
     def __init__(self, code: str, message: str):
         super().__init__(message, code)
         self.message = message
+        self.request_id: str | None = None  # the request's id, when the payload had a usable one
 
 
 @dataclass(frozen=True)
@@ -134,9 +136,24 @@ class Context:
         return self.request.peer
 
 
-def has_trailing_bytes(payload: bytes) -> bool:
-    """Whether ``payload`` (known to decode) holds more than its first msgpack object: only then
-    does it still decode without its last byte (both decodes run in C)."""
+# Every byte that could start a msgpack list or map (fixmap, fixarray, array16/32, map16/32) maps to
+# 1, any other to 0: counting them bounds, from above, how many containers a payload can hold.
+_CONTAINER_HEADERS = bytes(1 if 0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF else 0 for b in range(256))
+
+
+def may_hold_too_many_containers(payload: bytes) -> bool:
+    """Whether ``payload`` could hold more than MAX_CONTAINERS lists and maps: decoding millions
+    of them would hold the event loop for seconds (and take gigabytes). Counted in C, from above
+    (a byte inside a string counts too), so a payload under the bound is never wrongly refused."""
+    return len(payload) > MAX_CONTAINERS and payload.translate(_CONTAINER_HEADERS).count(1) > MAX_CONTAINERS
+
+
+def has_trailing_bytes(payload: bytes, repacked: bytes) -> bool:
+    """Whether ``payload`` (known to decode) holds more than its first msgpack object, given the
+    decoded object packed again. An equally long re-encoding settles it at once; otherwise only a
+    payload with more than one object still decodes without its last byte (decoding runs in C)."""
+    if len(repacked) == len(payload):
+        return False
     try:
         ormsgpack.unpackb(payload[:-1])
     except (ormsgpack.MsgpackDecodeError, ValueError, TypeError, RecursionError):
@@ -144,33 +161,46 @@ def has_trailing_bytes(payload: bytes) -> bool:
     return True
 
 
-def too_deep(message: Any) -> bool:
-    """Whether ``message`` nests deeper than the encoder's own limit (255 levels), past which
-    the kernel's converters would exhaust the interpreter's stack (the encoder runs in C)."""
+def repacked_or_too_deep(message: Any) -> bytes:
+    """``message`` packed again; TOO_LARGE when it nests deeper than the encoder's own limit (255
+    levels), past which the kernel's converters would exhaust the interpreter's stack."""
     try:
-        ormsgpack.packb(message)
+        return ormsgpack.packb(message)
     except TypeError as exc:
-        return "ecursion" in str(exc)
-    return False
+        if "ecursion" in str(exc):
+            raise ProtocolError(Code.TOO_LARGE, "payload is nested too deeply") from None
+        raise ProtocolError(Code.BAD_REQUEST, f"payload holds a value that cannot be read: {exc}") from None
 
 
 def decode(payload: bytes, peer: bytes = b"", principal: Principal = OWNER) -> Request:
-    """Parse and validate one payload frame; ProtocolError says what is wrong with it."""
+    """Parse and validate one payload frame; ProtocolError says what is wrong with it (with the
+    request's ``request_id`` when the payload had a usable one). The payload is decoded once, and
+    its fields are checked before anything costs more."""
+    if may_hold_too_many_containers(payload):
+        raise ProtocolError(Code.TOO_LARGE, f"payload may hold more than {MAX_CONTAINERS} lists and maps; send less at once")
     try:
         message = ormsgpack.unpackb(payload)
     except (ormsgpack.MsgpackDecodeError, ValueError, TypeError, RecursionError) as exc:
         if "ecursion" in str(exc) or isinstance(exc, RecursionError):
             raise ProtocolError(Code.TOO_LARGE, "payload is nested too deeply") from None
         raise ProtocolError(Code.BAD_REQUEST, f"payload is not valid msgpack: {exc}") from None
-    if too_deep(message):
-        raise ProtocolError(Code.TOO_LARGE, "payload is nested too deeply")
-    if has_trailing_bytes(payload):
-        raise ProtocolError(Code.BAD_REQUEST, "payload has bytes after its msgpack map; send exactly one map per frame")
     if not isinstance(message, dict):
         raise ProtocolError(Code.BAD_REQUEST, f"payload must be a map, not {type(message).__name__}")
     request_id = message.get("id")
     if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID_LENGTH:
         raise ProtocolError(Code.BAD_REQUEST, f"'id' must be a string of 1 to {MAX_ID_LENGTH} characters")
+    try:
+        op, fields = _checked_fields(message)
+        if has_trailing_bytes(payload, repacked_or_too_deep(message)):
+            raise ProtocolError(Code.BAD_REQUEST, "payload has bytes after its msgpack map; send exactly one map per frame")
+    except ProtocolError as exc:
+        exc.request_id = request_id
+        raise
+    return Request(request_id, op, fields, peer, principal)
+
+
+def _checked_fields(message: dict) -> tuple[str, dict[str, Any]]:
+    """The op and its fields, each present, known and of its type."""
     op = message.get("op")
     if not isinstance(op, str):
         raise ProtocolError(Code.BAD_REQUEST, "'op' must be a string")
@@ -184,7 +214,7 @@ def decode(payload: bytes, peer: bytes = b"", principal: Principal = OWNER) -> R
     for name, value in fields.items():
         types = required.get(name) or optional.get(name)
         if types is None:
-            raise ProtocolError(Code.BAD_REQUEST, f"op {op!r} takes no field {name[:64]!r}")
+            raise ProtocolError(Code.BAD_REQUEST, f"op {op!r} takes no field {str(name)[:64]!r}")
         if types != (_ANY,) and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
             expected = " or ".join(t.__name__ for t in types)
             raise ProtocolError(Code.BAD_REQUEST, f"field {name!r} must be {expected}, not {type(value).__name__}")
@@ -194,20 +224,7 @@ def decode(payload: bytes, peer: bytes = b"", principal: Principal = OWNER) -> R
             raise ProtocolError(Code.BAD_REQUEST, f"'days' must be a number from 0 to {MAX_DAYS}, not {value!r}")
     if "kwargs" in fields and not all(isinstance(k, str) for k in fields["kwargs"]):
         raise ProtocolError(Code.BAD_REQUEST, "'kwargs' keys must be strings")
-    return Request(request_id, op, fields, peer, principal)
-
-
-def request_id_of(payload: bytes) -> str | None:
-    """The request's id if the payload is a map carrying a usable one (for error replies)."""
-    try:
-        message = ormsgpack.unpackb(payload)
-    except Exception:
-        return None
-    if isinstance(message, dict):
-        rid = message.get("id")
-        if isinstance(rid, str) and 0 < len(rid) <= MAX_ID_LENGTH:
-            return rid
-    return None
+    return op, fields
 
 
 def encode(message: dict[str, Any]) -> bytes:

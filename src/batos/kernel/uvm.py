@@ -316,7 +316,8 @@ class UVM:
 
     async def _image_op(self, fields: dict, context: Context) -> Any:
         request = context.request
-        operation = functools.partial(getattr(self.dispatcher, f"op_{request.op}"), fields=fields)
+        operation = functools.partial(getattr(self.dispatcher, f"op_{request.op}"), fields=fields,
+                                      principal=request.principal)
         result = await self.pool.run(operation, writes=request.op in protocol.WRITING_OPS,
                                      timeout=self.settings.method_budget + WORKER_GRACE_SECONDS)
         if isinstance(result, ServiceCall) and result.service == SYNTHESIZE:
@@ -331,10 +332,10 @@ class UVM:
     op_set = op_send = op_define = op_methods = op_method_rollback = _image_op
 
     async def op_get(self, fields: dict, context: Context) -> Any:
-        return await self._read(self.dispatcher.op_get, fields)
+        return await self._read(functools.partial(self.dispatcher.op_get, principal=context.request.principal), fields)
 
     async def op_describe(self, fields: dict, context: Context) -> Any:
-        return await self._read(self.dispatcher.op_describe, fields)
+        return await self._read(functools.partial(self.dispatcher.op_describe, principal=context.request.principal), fields)
 
     async def _read(self, read: Callable[..., Any], fields: dict) -> Any:
         """A read of the kernel's own, on the event loop when it is small (LOOP_READ_NODES parts at

@@ -27,7 +27,7 @@ from persistent.list import PersistentList
 
 from batos.errors import NotFound
 from batos.image.genesis import Furnishing
-from batos.image.objects import UvmObject
+from batos.image.objects import UvmObject, oid_text
 from batos.image.protection import mark_kernel
 from batos.mind.cycle import state_of
 from batos.principals import OWNER, Principal
@@ -132,7 +132,7 @@ def summary(conversation: UvmObject, cycles, live: set[tuple[str, int]], detail:
     """A conversation as plain data; ``live`` holds the (conversation, exchange) pairs whose
     dialogue is running now."""
     s = conversation._slots
-    data = {"id": s["conversation_id"], "title": s["title"], "created": s["created"], "updated": s["updated"],
+    data = {"id": s["conversation_id"], "oid": oid_text(conversation), "title": s["title"], "created": s["created"], "updated": s["updated"],
             "exchanges": len(s["exchanges"]), "turns": len(s["turns"])}
     if detail:
         data["exchanges"] = [dict(e, state=exchange_state(e, (s["conversation_id"], i), live),
