@@ -8,7 +8,7 @@ import zmq
 
 from batos.client import BridgeTimeout, Client, RemoteError
 
-from conftest import Server, make_counter, model_server, run_cli, uvm  # noqa: F401  (model_server is a fixture)
+from conftest import Server, make_counter, run_cli, uvm
 
 
 def key_pair() -> tuple[str, str]:
@@ -289,4 +289,30 @@ def test_one_identity_cannot_fill_the_open_cycles_alone(tmp_path, model_server):
             assert bob.send("counter_obj", "bob_0", wait=False)["state"] == "queued"
     finally:
         ScriptedModel.delay = 0.0
+        srv.stop()
+
+
+def test_the_cycles_that_answer_in_a_conversation_are_its_owners(tmp_path, mind_server):
+    """An answer cycle holds the question and the reply: it is as private as its conversation."""
+    from test_mind import TECHNICAL, answers
+
+    answers()
+    keys = Keys()
+    env = {**keys.env(tmp_path / "clients"), "BATOS_LLM": "openai", "BATOS_OPENAI_BASE_URL": mind_server,
+           "BATOS_OPENAI_MODEL": "scripted"}
+    srv = KeyedServer(tmp_path / "image.fs", keys=keys, env=env).start()
+    try:
+        with keys.client(srv, keys.alice, timeout=120) as alice:
+            turn = alice.ask(TECHNICAL)["turns"][0]
+            mine = alice.call("cycle_show", cycle=turn["cycle"])
+            assert turn["cycle"] in [c["id"] for c in alice.call("cycles_list")]
+        with keys.client(srv, keys.bob) as bob:
+            assert turn["cycle"] not in [c["id"] for c in bob.call("cycles_list")]
+            for call in (lambda: bob.call("cycle_show", cycle=turn["cycle"]), lambda: bob.describe(mine["oid"])):
+                with pytest.raises(RemoteError) as caught:
+                    call()
+                assert caught.value.code == "not_found"
+        with keys.client(srv, keys.root) as admin:
+            assert admin.call("cycle_show", cycle=turn["cycle"])["oid"] == mine["oid"]
+    finally:
         srv.stop()

@@ -16,6 +16,7 @@ from typing import Any
 from batos.errors import BatosError, Protected
 from batos.image.objects import PARENT_SLOT, Method, UvmObject, describe_short
 from batos.image.primitives import TRAIT_PRIMITIVES
+from batos.principals import Principal
 
 ALL = "*"
 PRIMITIVE_SELECTORS = frozenset(TRAIT_PRIMITIVES)
@@ -52,6 +53,25 @@ def check_writable(obj: UvmObject, slot: str, value: Any = _ANY_VALUE) -> None:
     current = obj._slots.get(slot)
     if isinstance(current, Method) and current.origin == "primitive":
         raise Protected(f"slot {slot!r} of {describe_short(obj)} holds a primitive; only the kernel changes it")
+
+
+def owner_key(obj: UvmObject) -> str | None:
+    """The key of the principal a kernel object belongs to: its ``owner`` (a conversation), or
+    its conversation's (a cycle that answers in one); None for what belongs to no one."""
+    if not is_kernel_object(obj):
+        return None
+    if "owner" in obj._slots:
+        return obj._slots["owner"]
+    conversation = obj._slots.get("conversation")
+    if isinstance(conversation, UvmObject) and is_kernel_object(conversation):
+        return conversation._slots.get("owner")
+    return None
+
+
+def visible_to(obj: UvmObject, principal: Principal) -> bool:
+    """Whether ``principal`` may see ``obj`` at all: what belongs to no one, everyone may."""
+    owner = owner_key(obj)
+    return owner is None or principal.may_see(owner)
 
 
 class BadParents(BatosError):

@@ -19,7 +19,7 @@ from ZODB.POSException import POSKeyError
 from batos.errors import BatosError
 from batos.image import primitives
 from batos.image.objects import PARENT_SLOT, Method, MethodSourceError, UvmObject, function_name_of, lookup, oid_text
-from batos.image.protection import check_parents, check_writable, is_kernel_object
+from batos.image.protection import check_parents, check_writable, visible_to
 from batos.image.traits import NotUnderstood, describe
 from batos.image.values import ValueTooLarge, from_plain, to_plain
 from batos.kernel import services
@@ -50,7 +50,7 @@ class ServiceCall:
 
 def resolve_target(root, target: str, principal: Principal = OWNER) -> UvmObject:
     """The object a request names: a root name, or an oid written ``0x..``. An object that
-    belongs to someone (a kernel object with an ``owner``, such as a conversation) is NotFound
+    belongs to someone (a conversation, a cycle answering in one: see ``owner_key``) is NotFound
     for any other principal but an admin, whatever names it."""
     if OID_TEXT.fullmatch(target):
         try:
@@ -67,9 +67,6 @@ def resolve_target(root, target: str, principal: Principal = OWNER) -> UvmObject
                             else f"no object has oid {target}")
     return obj
 
-
-def visible_to(obj: UvmObject, principal: Principal) -> bool:
-    return not (is_kernel_object(obj) and "owner" in obj._slots) or principal.may_see(obj._slots["owner"])
 
 
 def _check_slot_name(name: str) -> None:

@@ -18,8 +18,10 @@ from typing import Any, Awaitable, Callable
 from zope.interface import implementer
 
 from batos.errors import BatosError, NotFound
+from batos.image.protection import visible_to
 from batos.mind.cycle import FINISHED, CycleRunner, summary
 from batos.mind.interfaces import ICycleService
+from batos.principals import OWNER, Principal
 from batos.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -139,25 +141,28 @@ class CycleService:
 
     async def op_cycles_list(self, fields: dict, context: Any = None) -> list[dict]:
         every = fields.get("all", True)
+        principal = context.request.principal if context is not None else OWNER
 
         def listing(root) -> list[dict]:
-            cycles = [summary(c) for c in (root.get("active_cycles") or {}).values()]
+            cycles = [summary(c) for c in (root.get("active_cycles") or {}).values() if visible_to(c, principal)]
             return sorted((c for c in cycles if every or c["state"] not in FINISHED), key=lambda c: c["created"])
         return await asyncio.to_thread(self.runner.read, listing)
 
     async def op_cycle_show(self, fields: dict, context: Any = None) -> dict:
-        return await self.show(fields["cycle"])
+        return await self.show(fields["cycle"], context.request.principal if context is not None else OWNER)
 
-    async def show(self, cycle_id: str) -> dict:
+    async def show(self, cycle_id: str, principal: Principal = OWNER) -> dict:
+        """The cycle's summary with its details; NotFound when there is none, or when it answers in
+        a conversation ``principal`` may not see."""
         def find(root) -> dict:
             cycle = (root.get("active_cycles") or {}).get(cycle_id)
-            if cycle is None:
+            if cycle is None or not visible_to(cycle, principal):
                 raise NotFound(f"no cycle {cycle_id}")
             return summary(cycle, detail=True)
         return await asyncio.to_thread(self.runner.read, find)
 
     async def op_cycle_decide(self, fields: dict, context: Any = None) -> dict:
-        await self.show(fields["cycle"])  # not_found before anything else
+        await self.show(fields["cycle"], context.request.principal if context is not None else OWNER)  # not_found first
         state = await asyncio.to_thread(self.runner.decide, fields["cycle"], fields["approve"], fields.get("digest"))
         return {"cycle": fields["cycle"], "state": state}
 
