@@ -316,3 +316,33 @@ def test_the_cycles_that_answer_in_a_conversation_are_its_owners(tmp_path, mind_
             assert admin.call("cycle_show", cycle=turn["cycle"])["oid"] == mine["oid"]
     finally:
         srv.stop()
+
+
+def test_an_answer_draws_only_on_the_askers_own_memory(tmp_path, mind_server):
+    """BABS answering bob must not quote alice's notes, nor ROBIN recall alice's turns for him."""
+    from conftest import ScriptedMind
+
+    keys = Keys()
+    notes = tmp_path / "alice-storage.md"
+    notes.write_text("# Blob storage\n\nOur model weights are stored as ZODB blobs in the folder image.fs.blob, "
+                     "and the committed blob files are memory-mapped without a copy.\n")
+    env = {**keys.env(tmp_path / "clients"), "BATOS_LLM": "openai", "BATOS_OPENAI_BASE_URL": mind_server,
+           "BATOS_OPENAI_MODEL": "scripted"}
+    srv = KeyedServer(tmp_path / "image.fs", keys=keys, env=env).start()
+    question = "What do my notes say about blob storage?"
+    try:
+        with keys.client(srv, keys.alice, timeout=120) as alice:
+            alice.memory_ingest([notes])
+            hers = alice.ask(question, persona="BABS", depth="direct")
+            assert hers["turns"][0]["sources"] == [str(notes)]
+        ScriptedMind.requests.clear()
+        with keys.client(srv, keys.bob, timeout=120) as bob:
+            babs = bob.ask(question, persona="BABS", depth="direct")["turns"][0]
+            robin = bob.ask("How did you feel about the blob storage answer earlier?", persona="ROBIN",
+                            depth="direct")["turns"][0]
+        assert babs["sources"] == []
+        assert not [s for s in robin["sources"] if s.startswith(f"conversation:{hers['conversation']}/")]
+        prompts = " ".join(m["content"] for kind, body in ScriptedMind.requests for m in body["messages"])
+        assert "memory-mapped without a copy" not in prompts
+    finally:
+        srv.stop()

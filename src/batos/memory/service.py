@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 MODES = ("hybrid", "lexical", "vector")
 MAX_K = 100
 MAX_QUERY_CHARS = 2000
-TURN_PREFIX = "conversation:"
+TURN_PREFIX = "conversation:"  # the kernel's: what the mind indexes finished turns under
 RECALL_POOL = 20
 MIN_RECALL_SIMILARITY = 0.3
 Progress = Callable[[dict], None]
@@ -102,16 +102,23 @@ class MemoryService:
             data = text.encode()
             self._record(source, hashlib.sha256(data).hexdigest(), "turn", len(data), text, None)
 
-    def recall(self, question: str, part: str, k: int = 3, excluding: str = "") -> list[dict]:
+    def recall(self, question: str, part: str, k: int = 3, excluding: str = "",
+               allowed: Callable[[str, str | None], bool] | None = None) -> list[dict]:
         """What memory holds on ``question``: hits from ingested documents (``part="documents"``)
         or from past conversation turns (``"turns"``), hybrid-ranked, each at least
         MIN_RECALL_SIMILARITY from the question, so an unrelated chunk is never offered; none
-        whose source starts with ``excluding`` (when given)."""
+        whose source starts with ``excluding`` (when given), and, when ``allowed`` is given, only
+        those for which ``allowed(source, the document's owner)`` holds (whose memory the asker
+        may draw on)."""
         def wanted(source: str) -> bool:
             return (source.startswith(TURN_PREFIX) == (part == "turns")
                     and not (excluding and source.startswith(excluding)))
         hits, similarity = self._ranked(question, RECALL_POOL, "hybrid")
-        return [h for h in hits if wanted(h["source"]) and similarity.get(h["chunk"], 0.0) >= MIN_RECALL_SIMILARITY][:k]
+        hits = [h for h in hits if wanted(h["source"]) and similarity.get(h["chunk"], 0.0) >= MIN_RECALL_SIMILARITY]
+        if allowed is not None:
+            owners = self._read(lambda catalog: {h["source"]: owner_of(catalog.documents.get(h["source"])) for h in hits})
+            hits = [h for h in hits if allowed(h["source"], owners[h["source"]])]
+        return hits[:k]
 
     def _record(self, source: str, digest: str, kind: str, size: int, text: str, progress: Progress | None) -> int:
         """Chunk (here: the kernel's own text, in linear time), embed and store one document."""

@@ -46,6 +46,19 @@ def install_conversations(root) -> None:
 CONVERSATIONS = Furnishing("conversations", 1, install_conversations)
 
 
+TURN_SOURCE_PREFIX = "conversation:"  # memory's source of a finished turn: conversation:ID/EXCHANGE/PERSONA
+
+
+def turn_source(conversation_id: str, exchange: int, persona: str = "") -> str:
+    """The memory source a turn is indexed under (``persona`` empty: the exchange's prefix)."""
+    return f"{TURN_SOURCE_PREFIX}{conversation_id}/{exchange}/{persona}"
+
+
+def conversation_of_source(source: str) -> str | None:
+    """The conversation id of a turn's memory source; None for any other source."""
+    return source[len(TURN_SOURCE_PREFIX):].split("/", 1)[0] if source.startswith(TURN_SOURCE_PREFIX) else None
+
+
 def find(root, conversation_id: str, principal: Principal | None = None) -> UvmObject:
     """The conversation; NotFound when there is none, or when ``principal`` (if given) may not see
     it: a conversation belongs to whoever started it, and to admins."""

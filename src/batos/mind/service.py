@@ -156,7 +156,7 @@ class MindService:
                 "sources": sources_of(found.get("grounding") or []) if complete else []}
 
     async def _remember_turn(self, conversation_id: str, exchange: int, persona: str, question: str, text: str) -> None:
-        source = f"conversation:{conversation_id}/{exchange}/{persona}"
+        source = conversations.turn_source(conversation_id, exchange, persona)
         try:
             await asyncio.to_thread(self.remember, source, f"{question}\n\n{persona}: {text}")
         except Exception:  # recall is a help; the turn itself is already committed

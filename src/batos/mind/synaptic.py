@@ -36,7 +36,7 @@ from typing import Any, Callable
 from persistent.list import PersistentList
 
 from batos.image.objects import Method, UvmObject, oid_text
-from batos.image.protection import mark_kernel
+from batos.image.protection import mark_kernel, owner_key
 from batos.image.values import to_plain
 from batos.llm.embeddings import Embedder
 from batos.llm.generation import BackendError
@@ -45,6 +45,7 @@ from batos.mind.answer_prompts import (CLOSING_TASK, PARTNER_TASKS, BadPlan, fac
                                        persona_system, plan_messages, reply_messages)
 from batos.mind.codex import persona_root_name
 from batos.mind.cycle import STATE_SLOT, CycleRunner, bounded, is_facet, state_of
+from batos.principals import OWNER
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def turn_source_prefix(cycle: UvmObject) -> str:
     """How memory names the turns of the exchange ``cycle`` answers in (see MindService)."""
     conversation = cycle._slots["conversation"]
     exchange = conversation._slots["turns"][cycle._slots["turn"]]["exchange"]
-    return f"conversation:{conversation._slots['conversation_id']}/{exchange}/"
+    return conversations.turn_source(conversation._slots["conversation_id"], exchange)
 
 
 def sources_of(grounding: list[dict[str, Any]]) -> list[str]:
@@ -139,21 +140,36 @@ class SynapticCycle:
 
     def begin(self, cycle_id: str) -> None:
         """Recall what memory holds for the question (BABS from documents, ROBIN from past turns)."""
-        question, persona, this_exchange = self.runner.read_cycle(cycle_id, lambda c: (
-            c._slots["question"], c._slots["persona"], turn_source_prefix(c)))
-        grounding = self._grounding(question, persona, this_exchange)
+        question, persona, this_exchange, allowed = self.runner.read_cycle(cycle_id, lambda c: (
+            c._slots["question"], c._slots["persona"], turn_source_prefix(c), self._memory_of_asker(c)))
+        grounding = self._grounding(question, persona, this_exchange, allowed)
 
         def record(root, cycle):
             cycle._slots["grounding"] = grounding
             self.runner.move(root, cycle, "DECOMPOSING")
         self.runner.change(cycle_id, record)
 
-    def _grounding(self, question: str, persona: str, this_exchange: str) -> list[dict[str, Any]]:
+    def _memory_of_asker(self, cycle: UvmObject) -> Callable[[str, str | None], bool]:
+        """Which memory an answer in ``cycle``'s conversation may draw on: its owner's documents
+        and the turns of its owner's conversations (everyone's, for an image without identities)."""
+        owner = owner_key(cycle) or OWNER.key
+        table = cycle._p_jar.root()[conversations.ROOT_KEY]
+        theirs = {conversation_id for conversation_id, c in table.items() if (c._slots.get("owner") or OWNER.key) == owner}
+
+        def allowed(source: str, document_owner: str | None) -> bool:
+            conversation_id = conversations.conversation_of_source(source)
+            if conversation_id is not None:
+                return conversation_id in theirs
+            return (document_owner or OWNER.key) == owner
+        return allowed
+
+    def _grounding(self, question: str, persona: str, this_exchange: str,
+                   allowed: Callable[[str, str | None], bool]) -> list[dict[str, Any]]:
         if self.recall is None or persona not in GROUNDED:
             return []
         try:
             # the turns of this very exchange are not memory: shown an answer, a small model copies it
-            hits = self.recall(question, GROUNDED[persona], excluding=this_exchange)
+            hits = self.recall(question, GROUNDED[persona], excluding=this_exchange, allowed=allowed)
         except Exception:  # memory is help, not a condition: an answer without it still comes
             log.exception("recalling memory for %s failed", persona)
             return []
