@@ -120,22 +120,35 @@ def test_batos_keys_makes_a_client_pair_to_list(tmp_path):
     assert f"# {public} user NAME" in done.stdout
 
 
+def start_cycles(keys: Keys, srv: Server, who: tuple[str, str], selectors: list[str], new_socket_each: bool) -> list[str]:
+    """What each send of a missing selector (wait=False) answered: ok or the error code."""
+    codes = []
+    client = None if new_socket_each else keys.client(srv, who)
+    try:
+        for selector in selectors:
+            sender = keys.client(srv, who) if new_socket_each else client
+            try:
+                sender.send("counter_obj", selector, wait=False)
+                codes.append("ok")
+            except RemoteError as exc:
+                codes.append(exc.code)
+            finally:
+                if new_socket_each:
+                    sender.close()
+    finally:
+        if client is not None:
+            client.close()
+    return codes
+
+
 def test_rate_limits_hold_for_one_key_over_many_sockets(tmp_path, model_server):
     keys = Keys()
     make_counter(tmp_path / "image.fs")
     env = {**keys.env(tmp_path / "clients"), "BATOS_MAX_CYCLES_PER_MINUTE": "2"}
     srv = uvm(tmp_path / "image.fs", model_server, **env)
     srv = KeyedServer(srv.image, keys=keys, env={k: v for k, v in srv.env.items() if k.startswith("BATOS_")}).start()
-    try:
-        codes = []
-        for n in range(3):  # a new socket (a new ZeroMQ identity) for each message
-            with keys.client(srv, keys.alice) as alice:
-                try:
-                    alice.send("counter_obj", f"missing_{n}", wait=False)
-                    codes.append("ok")
-                except RemoteError as exc:
-                    codes.append(exc.code)
-        assert codes == ["ok", "ok", "rate_limited"]
+    try:  # a new socket (a new ZeroMQ identity) for each message
+        assert start_cycles(keys, srv, keys.alice, [f"missing_{n}" for n in range(3)], True) == ["ok", "ok", "rate_limited"]
         with keys.client(srv, keys.bob) as bob:  # another identity has its own allowance
             bob.send("counter_obj", "missing_bob", wait=False)
     finally:
@@ -276,15 +289,7 @@ def test_one_identity_cannot_fill_the_open_cycles_alone(tmp_path, model_server):
     srv = uvm(tmp_path / "image.fs", model_server, **env)
     srv = KeyedServer(srv.image, keys=keys, env={k: v for k, v in srv.env.items() if k.startswith("BATOS_")}).start()
     try:
-        codes = []
-        with keys.client(srv, keys.alice) as alice:
-            for n in range(3):
-                try:
-                    alice.send("counter_obj", f"alice_{n}", wait=False)
-                    codes.append("ok")
-                except RemoteError as exc:
-                    codes.append(exc.code)
-        assert codes == ["ok", "ok", "rate_limited"]
+        assert start_cycles(keys, srv, keys.alice, [f"alice_{n}" for n in range(3)], False) == ["ok", "ok", "rate_limited"]
         with keys.client(srv, keys.bob) as bob:
             assert bob.send("counter_obj", "bob_0", wait=False)["state"] == "queued"
     finally:
