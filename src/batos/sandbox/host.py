@@ -230,8 +230,8 @@ class CallHost:
                 return {"k": "primitive"} if value.primitive in PRIMITIVES_FOR_METHODS else {"k": "service"}
             if value.facet_system:
                 return {"k": "service"}
-            return {"k": "method", "selector": value.selector, "digest": method_digest(value), "source": value.source,
-                    "code": compiled(value.selector, value.source)}
+            return {"k": "method", "selector": value.selector, "digest": method_digest(value),
+                    **method_payload(value.selector, value.source)}
         return {"k": "data", "v": self.outgoing(value)}
 
     def answer_primitive(self, message: dict) -> Any:
@@ -253,13 +253,14 @@ class CallHost:
         return self.outgoing(result)
 
 
-def compiled(selector: str, source: str) -> bytes | None:
-    """The worker's code for ``source``; None when RestrictedPython refuses it (the worker then
-    compiles the source itself, and reports the refusal as the method's error)."""
+def method_payload(selector: str, source: str) -> dict[str, Any]:
+    """What a worker is sent of a method: its code, compiled here once (cached); or, when
+    RestrictedPython refuses the source, the source itself (the worker compiles it, and reports
+    the refusal as the method's error)."""
     try:
-        return method_code(selector, source)
+        return {"code": method_code(selector, source)}
     except SyntaxError:
-        return None
+        return {"source": source}
 
 
 def method_digest(method: Method) -> str:
@@ -282,8 +283,7 @@ def run_method(pool: SandboxPool, selector: str, source: str, receiver: UvmObjec
     digest = digest or digest_of(source)
     host.handle(receiver)
     nonce = secrets.token_hex(16)
-    job = {"t": "call", "n": nonce, "selector": selector, "digest": digest, "source": source,
-           "code": compiled(selector, source),
+    job = {"t": "call", "n": nonce, "selector": selector, "digest": digest, **method_payload(selector, source),
            "slots": host.receiver_slots(receiver), "args": host.outgoing(list(args)), "kwargs": host.outgoing(dict(kwargs))}
     try:
         worker = pool.checkout(timeout=budget)
