@@ -103,6 +103,9 @@ def test_large_reads_pipelined_by_one_client_never_hold_up_ping(tmp_path):
     finally:
         server.stop()
     latencies = watch.latencies
-    assert all(r["ok"] for r in replies), [r for r in replies if not r["ok"]][:1]
-    assert {len(r["result"]) for r in replies if r["id"].startswith("g")} == {199_000}
+    # the flood's own requests queue for the worker threads: one may run out of time (its client is
+    # told so), but none fails otherwise, most are served whole, and nobody else waits on them
+    assert all(r["ok"] or r["error"]["code"] == "timeout" for r in replies), [r for r in replies if not r["ok"]][:1]
+    assert sum(r["ok"] for r in replies) >= 100
+    assert {len(r["result"]) for r in replies if r["ok"] and r["id"].startswith("g")} == {199_000}
     assert len(latencies) > 5 and max(latencies) < 2.0, max(latencies)
