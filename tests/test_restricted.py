@@ -104,3 +104,16 @@ def test_plain_data_keeps_its_public_methods():
               "            str.join('-', words), hasattr('x', 'upper'), hasattr('x', 'format'), self.total]\n")
     result, _ = run(source, None, ["a", "b"])
     assert result == [["A", "B"], ["a", "b"], 3, 0, "a-b", True, False, 1]
+
+
+def test_a_method_that_rebinds_a_global_changes_no_other_method_of_its_call():
+    """Methods of one call share a worker's prepared builtins; each still has a namespace of its
+    own, so a rebinding in one is not what another method of that call finds."""
+    from batos.image.objects import Method
+
+    receiver = UvmObject(total=1)
+    receiver._slots["ordered"] = Method("ordered", "def ordered(self):\n    return sorted([3, 1, 2])\n")
+    hijack = ("def hijack(self):\n    global sorted\n    sorted = lambda values: 'hijacked'\n"
+              "    return [sorted([2, 1]), self.ordered()]\n")
+    result, _ = run(hijack, receiver)
+    assert result == ["hijacked", [1, 2, 3]]
