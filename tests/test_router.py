@@ -67,6 +67,28 @@ def test_an_exemplar_taught_at_run_time_changes_a_route(image_path):
         srv.stop()
 
 
+def test_teaching_an_exemplar_writes_a_bounded_record_however_many_are_known(image_path):
+    """A taught exemplar adds one record to a numbered store: the image grows by about as much
+    for the 300th as for the 1st (a list rewritten whole grew with every exemplar known)."""
+    srv = Server(image_path).start()
+    try:
+        with srv.client(timeout=60) as c:
+            growth = []
+            for block in range(3):
+                before = image_path.stat().st_size
+                for i in range(100):
+                    c.call("route_teach", text=f"Question {block}-{i} about the pelicans of lake {i}?", archetype="factual")
+                growth.append((image_path.stat().st_size - before) / 100)
+            srv.stop()
+            srv.start()
+            assert c.call("route_teach", text="One more pelican question?", archetype="factual")["exemplars"] == \
+                len(seed_exemplars()) + 301
+    finally:
+        srv.stop()
+    assert growth[2] < 1.3 * growth[0], growth
+    assert growth[2] < 8_000, growth
+
+
 def test_route_asks_the_model_only_to_break_a_tie(image_path, mind_server):
     ScriptedMind.answers = {"route": ["factual"]}
     srv = uvm(image_path, mind_server).start()

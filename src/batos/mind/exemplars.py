@@ -1,11 +1,14 @@
 """The router's first exemplars: a few labelled questions per archetype, put in the image once.
 
-They live in ``orchestrator_obj.router_exemplars`` as plain ``{"text", "archetype"}`` records;
+They live in ``orchestrator_obj.router_exemplars`` as plain ``{"text", "archetype"}`` records,
+numbered in a BTree so that teaching one writes one bucket, not every exemplar known;
 ``batos route --teach ARCHETYPE QUESTION`` adds more at run time. (The labelled set the router is
 measured on, ``bench/router_queries.jsonl``, is a different one.)
 """
 
 from __future__ import annotations
+
+from BTrees.IOBTree import IOBTree
 
 from batos.image.genesis import Furnishing
 from batos.mind.router import Exemplar
@@ -77,19 +80,38 @@ def seed_exemplars() -> list[dict[str, str]]:
 
 
 def install_exemplars(root) -> None:
-    """Give the orchestrator the seed exemplars, unless it already has exemplars of its own."""
+    """Give the orchestrator the seed exemplars, unless it already has exemplars of its own (kept,
+    and moved into the numbered store when an older image holds them as one list)."""
     orchestrator = root["orchestrator_obj"]
-    if not orchestrator._slots.get(EXEMPLAR_SLOT):
-        orchestrator._slots[EXEMPLAR_SLOT] = seed_exemplars()
+    known = orchestrator._slots.get(EXEMPLAR_SLOT)
+    if isinstance(known, IOBTree) and len(known):
+        return
+    records = list(known) if isinstance(known, (list, tuple)) and known else seed_exemplars()
+    orchestrator._slots[EXEMPLAR_SLOT] = IOBTree(dict(enumerate(records)))
+
+
+def add_exemplar(root, text: str, archetype: str, limit: int) -> int | None:
+    """Number and keep one exemplar; how many there are now, or None when ``limit`` are kept."""
+    store = root["orchestrator_obj"]._slots.get(EXEMPLAR_SLOT)
+    if not isinstance(store, IOBTree):
+        install_exemplars(root)
+        store = root["orchestrator_obj"]._slots[EXEMPLAR_SLOT]
+    count = len(store)
+    if count >= limit:
+        return None
+    store[store.maxKey() + 1 if count else 0] = {"text": text, "archetype": archetype}
+    return count + 1
 
 
 def exemplars_of(root) -> list[Exemplar]:
     """The exemplars in the image; records that are not well formed are skipped."""
     found = []
-    for record in root["orchestrator_obj"]._slots.get(EXEMPLAR_SLOT) or ():
+    store = root["orchestrator_obj"]._slots.get(EXEMPLAR_SLOT)
+    records = store.values() if isinstance(store, IOBTree) else (store or ())
+    for record in records:
         if isinstance(record, dict) and isinstance(record.get("text"), str) and isinstance(record.get("archetype"), str):
             found.append(Exemplar(record["text"], record["archetype"]))
     return found
 
 
-EXEMPLARS = Furnishing("router_exemplars", 1, install_exemplars)
+EXEMPLARS = Furnishing("router_exemplars", 2, install_exemplars)

@@ -21,7 +21,7 @@ from batos.llm.embeddings import Embedder
 from batos.mind import conversations
 from batos.mind.codex import PERSONA_NAMES, persona_root_name
 from batos.mind.cycle_service import CycleService
-from batos.mind.exemplars import EXEMPLAR_SLOT
+from batos.mind.exemplars import add_exemplar
 from batos.mind.interfaces import IMindService
 from batos.mind.router import Router, check_exemplar
 from batos.mind.synaptic import SynapticCycle, persona_codex, sources_of
@@ -180,12 +180,10 @@ class MindService:
         exemplar = check_exemplar(fields["text"], fields["archetype"])
 
         def teach(root) -> int:
-            orchestrator = root["orchestrator_obj"]
-            known = list(orchestrator._slots.get(EXEMPLAR_SLOT) or [])
-            if len(known) >= MAX_EXEMPLARS:
+            count = add_exemplar(root, exemplar.text, exemplar.archetype, MAX_EXEMPLARS)
+            if count is None:
                 raise TooLarge(f"the router already holds {MAX_EXEMPLARS} exemplars")
-            orchestrator._slots[EXEMPLAR_SLOT] = [*known, {"text": exemplar.text, "archetype": exemplar.archetype}]
-            return len(known) + 1
+            return count
         return {"exemplars": await asyncio.to_thread(self.runner.transact, teach), "archetype": exemplar.archetype}
 
     # --- personas and conversations ---------------------------------------------------------------
