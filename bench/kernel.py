@@ -13,7 +13,9 @@ that reads and writes three slots, to `batos run` as it is (methods in sandbox w
 a fresh forked child per call), to `batos run` of --previous-ref (the sandbox before that: workers
 reused across calls) and of --baseline-ref (the last commit that ran methods in-process), each
 extracted from git into a temporary folder and run by an interpreter of its own (so that its
-sandbox workers run its own code too), in the same run.
+sandbox workers run its own code too), in the same run: every server runs throughout, and each
+round measures them in turn (the machine's drift weighs on all alike). --also-ref adds earlier
+commits of this sandbox.
 """
 
 from __future__ import annotations
@@ -197,23 +199,34 @@ def wait_until_idle(pid: int, timeout: float = 120.0) -> None:
         quiet = quiet + 1 if (cpu_ticks() - before) / per_second < 0.025 else 0
 
 
-def run_methods(source_root: Path | None, count: int, repeats: int, workdir: Path, label: str) -> tuple[float, float]:
-    """(trivial sends/s, three-slot sends/s), one client, medians; ``source_root`` None: this tree."""
-    python = interpreter_for(source_root, workdir) if source_root else None
-    trivial, three = [], []
-    for r in range(repeats):
-        srv = Server(workdir / f"methods-{label}-{r}.fs", python=python).start()
-        with srv.client() as c:
-            c.define("genesis_obj", TRIVIAL)
-            c.define("genesis_obj", THREE)
-            target = c.send("genesis_obj", "clone")["$oid"]
-            for slot in "abc":
-                c.set(target, slot, 0)
-        wait_until_idle(srv.process.pid)  # the pool starting, the embedding model loading in the background
-        trivial.append(throughput(srv.endpoint, [{"op": "send", "target": target, "selector": "one"}], count))
-        three.append(throughput(srv.endpoint, [{"op": "send", "target": target, "selector": "three"}], count))
-        srv.stop()
-    return statistics.median(trivial), statistics.median(three)
+def run_methods(trees: dict[str, Path | None], count: int, repeats: int, workdir: Path) -> dict[str, dict[str, list[float]]]:
+    """{label: {"trivial": sends/s, "three": sends/s}}, one client, one figure per round. Every
+    tree's server runs for the whole measurement and each round measures them in turn, so that the
+    machine's drift weighs on all of them alike; a tree None is this one."""
+    servers, targets = {}, {}
+    try:
+        for label, root in trees.items():
+            python = interpreter_for(root, workdir) if root else None
+            (workdir / label).mkdir(exist_ok=True)
+            srv = servers[label] = Server(workdir / label / "methods.fs", python=python).start()
+            with srv.client() as c:
+                c.define("genesis_obj", TRIVIAL)
+                c.define("genesis_obj", THREE)
+                targets[label] = c.send("genesis_obj", "clone")["$oid"]
+                for slot in "abc":
+                    c.set(targets[label], slot, 0)
+        for srv in servers.values():
+            wait_until_idle(srv.process.pid)  # the pool starting, the embedding model loading in the background
+        rates: dict[str, dict[str, list[float]]] = {label: {"trivial": [], "three": []} for label in trees}
+        for _ in range(repeats):
+            for label, srv in servers.items():
+                for name, selector in (("trivial", "one"), ("three", "three")):
+                    request = {"op": "send", "target": targets[label], "selector": selector}
+                    rates[label][name].append(throughput(srv.endpoint, [request], count))
+        return rates
+    finally:
+        for srv in servers.values():
+            srv.stop()
 
 
 WIDE_SLOTS = 10_000
@@ -293,19 +306,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline-ref", default=IN_PROCESS_REF, help="git commit of the in-process baseline")
     parser.add_argument("--previous-ref", default=REUSED_WORKERS_REF, help="git commit of the previous sandbox")
+    parser.add_argument("--also-ref", action="append", default=[],
+                        help="a further commit of the fork-per-call sandbox to measure alongside (repeatable)")
     parser.add_argument("--only-methods", action="store_true", help="measure only the sandbox and slot-table rows")
     parser.add_argument("--set-count", type=int, default=300, help="sets per run on the wide object")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="batos-bench-"))
     try:
-        baseline = run_methods(baseline_source(args.baseline_ref, workdir), args.count, args.repeats, workdir, "in-process")
-        previous = run_methods(baseline_source(args.previous_ref, workdir), args.count, args.repeats, workdir, "reused")
-        sandboxed = run_methods(None, args.count, args.repeats, workdir, "sandbox")
-        print(f"method sends, 1 client, medians of {args.repeats}, messages/s:")
-        print(f"{'method':>22} {'in-process':>11} {'reused workers':>15} {'fork per call':>14} "
-              f"{'reused/in-process':>18} {'fork/in-process':>16}")
-        for name, base, before, now in zip(("trivial (return 1)", "reads+writes 3 slots"), baseline, previous, sandboxed):
-            print(f"{name:>22} {base:>11.0f} {before:>15.0f} {now:>14.0f} {before / base:>18.2f} {now / base:>16.2f}")
+        trees = {"in-process": baseline_source(args.baseline_ref, workdir),
+                 "reused workers": baseline_source(args.previous_ref, workdir)}
+        for ref in args.also_ref:
+            trees[f"fork per call {ref}"] = baseline_source(ref, workdir)
+        trees["fork per call"] = None
+        rates = run_methods(trees, args.count, args.repeats, workdir)
+        print(f"method sends, 1 client, {args.repeats} rounds; messages/s (median), and the median of each round's "
+              "ratio to in-process:")
+        for name, title in (("trivial", "trivial (return 1)"), ("three", "reads+writes 3 slots")):
+            base = rates["in-process"][name]
+            print(f"  {title}")
+            for label in trees:
+                rounds = [n / a for a, n in zip(base, rates[label][name])]
+                print(f"    {label:>26} {statistics.median(rates[label][name]):>7.0f}/s {statistics.median(rounds):>6.2f}"
+                      f"   by round: {' '.join(f'{r:.2f}' for r in rounds)}")
         sets_before = run_sets(baseline_source(args.previous_ref, workdir), args.set_count, args.repeats, workdir, "mapping")
         sets_now = run_sets(None, args.set_count, args.repeats, workdir, "tree")
         print(f"set on an object of {WIDE_SLOTS} slots, 1 client, medians of {args.repeats}:")
