@@ -29,7 +29,6 @@ The worker has imported everything it needs before this runs; afterwards it cann
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import resource
@@ -182,7 +181,12 @@ def landlock(libc: ctypes.CDLL) -> str | None:
 def load_libseccomp() -> ctypes.CDLL | None:
     """libseccomp with its signatures, loaded while files can still be opened; None where it is
     not installed."""
-    for name in ("libseccomp.so.2", ctypes.util.find_library("seccomp")):
+    for name in ("libseccomp.so.2", None):
+        if name is None:
+            # Only where the usual soname is missing: ctypes.util brings subprocess and shutil with
+            # their extension modules, and every library mapped in a zygote makes each fork dearer.
+            from ctypes.util import find_library
+            name = find_library("seccomp")
         if name:
             try:
                 lib = ctypes.CDLL(name, use_errno=True)
