@@ -280,3 +280,30 @@ def test_doctor_reports_look_alike_primitives_and_huge_objects(image_path):
     assert "'Clone' that looks like the primitive 'clone'" in problems
     assert "looks like the primitive 'oid'" in problems
     assert "more than 10000 slots" in problems
+
+
+def test_the_doctor_reports_slots_a_method_wrote_beyond_its_receiver_and_arguments(image_path):
+    """Writing the receiver, an argument or an object the call made is a method's own business;
+    a slot written on any other object (here one reached through a slot, shared by others) is
+    kept on record and the doctor names it."""
+    srv = Server(image_path).start()
+    try:
+        with srv.client() as c:
+            shared = c.send("genesis_obj", "clone")["$oid"]
+            mine, other = (c.send("genesis_obj", "clone")["$oid"] for _ in range(2))
+            c.set(mine, "shared", {"$oid": shared})
+            c.define(mine, "def tidy(self, other):\n    other.count = 2\n    made = self.clone()\n    made.count = 3\n"
+                           "    self.count = 1\n    self._p_changed = True\n    return made.count\n")
+            assert c.send(mine, "tidy", {"$oid": other}) == 3
+            quiet = run_cli("doctor", "--image", str(image_path), "--json")
+            assert not any("outside their receiver" in note for note in json.loads(quiet.stdout)["notes"])
+            c.define(mine, "def meddle(self):\n    self.shared.count = 99\n    return 1\n")
+            assert c.send(mine, "meddle") == 1
+            assert c.get(shared, "count") == 99
+    finally:
+        srv.stop()
+    report = json.loads(run_cli("doctor", "--image", str(image_path), "--json").stdout)
+    assert report["problems"] == []
+    notes = "\n".join(report["notes"])
+    assert "1 slot write(s) by methods outside their receiver and arguments" in notes
+    assert f"method 'meddle' sent to {mine} wrote slot 'count' of {shared} (for owner)" in notes

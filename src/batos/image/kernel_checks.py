@@ -22,6 +22,7 @@ from BTrees.OOBTree import OOBTree
 from batos.image.blobs import sha256_of_file, verify_bundle
 from batos.image.genesis import PSM_STATES, TRAIT_PRIMITIVES
 from batos.image.objects import PARENT_SLOT, Method, UvmObject
+from batos.image.protection import outside_writes
 
 MAX_SLOTS = 10_000
 
@@ -60,6 +61,20 @@ def check_kernel(root: Any, objects: Iterable[UvmObject], max_slots: int = MAX_S
     problems += _pllm_problems(root.get("pLLM_obj"))
     problems += _cycle_problems(root)
     return problems
+
+
+def outside_write_notes(root: Any, shown: int = 10) -> list[str]:
+    """Sentences on the slots methods wrote beyond their receiver, arguments and new objects (the
+    writes :func:`batos.image.protection.record_outside_writes` kept): how many, and the latest."""
+    writes = outside_writes(root)
+    if not writes:
+        return []
+    notes = [f"{len(writes)} slot write(s) by methods outside their receiver and arguments are on record; "
+             f"the latest {min(shown, len(writes))}:"]
+    for write in writes[-shown:]:
+        notes.append(f"  method {write.get('method')!r} sent to {write.get('receiver')} wrote slot "
+                     f"{write.get('slot')!r} of {write.get('target')} (for {write.get('by')})")
+    return notes
 
 
 def _label(obj: Any) -> str:

@@ -11,16 +11,21 @@ kernel's own code writes ``_slots`` directly and is not checked.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from BTrees.IOBTree import IOBTree
+
 from batos.errors import BatosError, Protected
-from batos.image.objects import PARENT_SLOT, Method, UvmObject, describe_short
+from batos.image.objects import PARENT_SLOT, Method, UvmObject, describe_short, oid_text
 from batos.image.primitives import TRAIT_PRIMITIVES
 from batos.principals import Principal
 
 ALL = "*"
 PRIMITIVE_SELECTORS = frozenset(TRAIT_PRIMITIVES)
 KERNEL_MARK = "_kernel_slots"
+OUTSIDE_WRITES_KEY = "batos_outside_writes"  # root: {number: record} of the writes below
+MAX_OUTSIDE_WRITES = 1000
 PLLM_KERNEL_SLOTS = ("model_bundles", "lora_repository", "active_model", "infer_", PARENT_SLOT)
 
 
@@ -82,3 +87,26 @@ def check_parents(value: Any) -> None:
     """``parent*`` holds a list of objects and nothing else."""
     if not isinstance(value, (list, tuple)) or not all(isinstance(p, UvmObject) for p in value):
         raise BadParents(f"{PARENT_SLOT} must be a list of objects (references such as {{\"$oid\": \"0x..\"}})")
+
+
+def record_outside_writes(root: Any, selector: str, receiver: UvmObject, writes: list[tuple[UvmObject, str]],
+                          principal: Principal) -> None:
+    """Keep, for the doctor, that the method ``selector`` sent to ``receiver`` wrote slots of
+    objects it was neither sent nor given as arguments nor made itself (the last
+    MAX_OUTSIDE_WRITES such writes are kept, in the caller's transaction)."""
+    ledger = root.get(OUTSIDE_WRITES_KEY)
+    if not isinstance(ledger, IOBTree):
+        ledger = root[OUTSIDE_WRITES_KEY] = IOBTree()
+    number = ledger.maxKey() + 1 if len(ledger) else 0
+    for target, slot in writes:
+        ledger[number] = {"time": time.time(), "method": selector, "receiver": oid_text(receiver),
+                          "target": oid_text(target), "slot": slot, "by": principal.name}
+        number += 1
+    while number - ledger.minKey() > MAX_OUTSIDE_WRITES:
+        del ledger[ledger.minKey()]
+
+
+def outside_writes(root: Any) -> list[dict]:
+    """The writes :func:`record_outside_writes` kept, oldest first."""
+    ledger = root.get(OUTSIDE_WRITES_KEY)
+    return list(ledger.values()) if isinstance(ledger, IOBTree) else []

@@ -26,7 +26,7 @@ from ZODB.serialize import get_refs
 from ZODB.utils import get_pickle_metadata, load_current, z64
 
 from batos.image.genesis import PLAIN_ROOT_OBJECTS, SCHEMA_KEY, SCHEMA_VERSION
-from batos.image.kernel_checks import blob_file_problem, check_kernel
+from batos.image.kernel_checks import blob_file_problem, check_kernel, outside_write_notes
 from batos.image.storage import ImageError, lock_holder_pid, normalize_uri, open_database, pid_is_alive
 
 EXPECTED_ROOT = ("traits_obj", "genesis_obj", "active_cycles", *PLAIN_ROOT_OBJECTS)
@@ -175,6 +175,7 @@ def _check_schema(storage, report: DoctorReport) -> None:
             report.problems.append(f"root objects missing: {', '.join(missing)}")
         elif version is not None:
             report.problems += check_kernel(root, (conn.get(oid) for oid in report.uvm_objects))
+            report.notes += outside_write_notes(root)
         conn.close()
     finally:
         db.close()

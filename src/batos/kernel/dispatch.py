@@ -19,7 +19,7 @@ from ZODB.POSException import POSKeyError
 from batos.errors import BatosError
 from batos.image import primitives
 from batos.image.objects import PARENT_SLOT, Method, MethodSourceError, UvmObject, function_name_of, lookup, oid_text
-from batos.image.protection import check_parents, check_writable, visible_to
+from batos.image.protection import check_parents, check_writable, record_outside_writes, visible_to
 from batos.image.traits import NotUnderstood, describe
 from batos.image.values import ValueTooLarge, from_plain, to_plain
 from batos.kernel import services
@@ -105,8 +105,10 @@ class Dispatcher:
     synthesize_missing: bool = False
     max_source_bytes: int = guardian.MAX_SOURCE_BYTES
 
-    def invoke(self, method: Method, receiver: UvmObject, args: list, kwargs: dict) -> Any:
-        """Run a stored method in the sandbox; its failures become error codes."""
+    def invoke(self, root, method: Method, receiver: UvmObject, args: list, kwargs: dict,
+               principal: Principal = OWNER) -> Any:
+        """Run a stored method in the sandbox; its failures become error codes. Slots it wrote
+        beyond its receiver, arguments and new objects are recorded for the doctor."""
         if method.origin == "primitive":
             try:
                 return primitives.get(method.primitive)(receiver, *args, **kwargs)
@@ -116,11 +118,15 @@ class Dispatcher:
                 raise ProtocolError(exc.code, str(exc)) from None
             except Exception as exc:
                 raise ProtocolError(Code.METHOD_ERROR, f"{method.selector}: {type(exc).__name__}: {exc}") from None
+        outside: list[tuple[UvmObject, str]] = []
         try:
-            return run_method(self.sandbox, method.selector, method.source, receiver, args, kwargs,
-                              self.method_budget, digest=method_digest(method))
+            result = run_method(self.sandbox, method.selector, method.source, receiver, args, kwargs,
+                                self.method_budget, digest=method_digest(method), outside_writes=outside)
         except BatosError as exc:
             raise ProtocolError(exc.code, str(exc)) from None
+        if outside:
+            record_outside_writes(root, method.selector, receiver, outside, principal)
+        return result
 
     def op_describe(self, root, fields: dict, max_nodes: int | None = None, principal: Principal = OWNER) -> Any:
         """``max_nodes``: raise ValueTooLarge, reading nothing more, for an object with more
@@ -225,7 +231,7 @@ class Dispatcher:
             fallback, _ = lookup(receiver, "_doesNotUnderstand_")
             if not isinstance(fallback, Method):
                 raise ProtocolError(Code.NOT_UNDERSTOOD, f"{receiver!r} does not understand {selector!r}")
-            result = self.invoke(fallback, receiver, [selector, *args], kwargs)
+            result = self.invoke(root, fallback, receiver, [selector, *args], kwargs, principal)
         elif isinstance(value, Method) and value.origin == "primitive" and primitives.is_service(value.primitive):
             return ServiceCall(value.primitive, oid_text(receiver), tuple(args), dict(kwargs))
         elif isinstance(value, Method) and value.facet_system:
@@ -233,7 +239,7 @@ class Dispatcher:
             return ServiceCall(services.INFER, oid_text(receiver), tuple(args), {**kwargs, "system": value.facet_system},
                                {"bound_expert": bound} if isinstance(bound, str) else None)
         elif isinstance(value, Method):
-            result = self.invoke(value, receiver, args, kwargs)
+            result = self.invoke(root, value, receiver, args, kwargs, principal)
         elif args or kwargs:
             raise ProtocolError(Code.BAD_REQUEST, f"slot {selector!r} holds data, not a method; it takes no arguments")
         else:

@@ -32,6 +32,7 @@ from batos.sandbox.restricted import method_code
 PRIMITIVES_FOR_METHODS = frozenset({"clone", "describe", "oid", "slot_names"})
 MAX_SNAPSHOT_BYTES = 256 * 1024
 MAX_NEW_OBJECTS = 1000  # objects one message may create
+MAX_OUTSIDE_WRITES_KEPT = 100  # per call, of the writes outside its receiver and arguments
 OBJECT_BYTES = 256  # what a new object costs the image before its slots
 
 
@@ -85,6 +86,8 @@ class CallHost:
         self.refusal: BatosError | None = None
         self.written_bytes = 0
         self.new_objects = 0
+        self.given: set[int] = set()  # handles of the receiver, the arguments and what the call made
+        self.outside: list[tuple[UvmObject, str]] = []  # slots written on any other object
 
     # values out ------------------------------------------------------------------------------------
 
@@ -169,6 +172,8 @@ class CallHost:
             target = self.obj(handle)
             try:
                 self._apply_one(target, name, value, bool(deleted))
+                if handle not in self.given and len(self.outside) < MAX_OUTSIDE_WRITES_KEPT:
+                    self.outside.append((target, name))
             except (Protected, TooLarge) as exc:
                 self.refusal = self.refusal or exc
                 raise
@@ -250,7 +255,10 @@ class CallHost:
             result = primitives.get(value.primitive)(receiver, *args, **kwargs)
         except TypeError as exc:
             raise MethodError(f"{name}: {exc}") from None
-        return self.outgoing(result)
+        answer = self.outgoing(result)
+        if value.primitive == "clone" and isinstance(answer, Ref):
+            self.given.add(answer._handle)
+        return answer
 
 
 def method_payload(selector: str, source: str) -> dict[str, Any]:
@@ -272,19 +280,24 @@ def method_digest(method: Method) -> str:
 
 
 def run_method(pool: SandboxPool, selector: str, source: str, receiver: UvmObject, args: list, kwargs: dict,
-               budget: float, digest: str | None = None) -> Any:
+               budget: float, digest: str | None = None,
+               outside_writes: list[tuple[UvmObject, str]] | None = None) -> Any:
     """Run ``source``'s function on ``receiver`` in a sandbox worker; its result as an image value.
 
     Its writes are applied to the objects of the caller's transaction as they arrive; on any
     error the caller must abort. Raises MethodError, MethodTimeout, Protected, TooLarge, or
-    SandboxUnavailable.
+    SandboxUnavailable. ``outside_writes``, when given, gets ``(object, slot)`` for each slot the
+    call wrote on an object other than its receiver, its arguments and the objects it made (the
+    first MAX_OUTSIDE_WRITES_KEPT).
     """
     host = CallHost(pool.limits)
     digest = digest or digest_of(source)
     host.handle(receiver)
+    sent_args, sent_kwargs = host.outgoing(list(args)), host.outgoing(dict(kwargs))
+    host.given = set(range(len(host.objects)))
     nonce = secrets.token_hex(16)
     job = {"t": "call", "n": nonce, "selector": selector, "digest": digest, **method_payload(selector, source),
-           "slots": host.receiver_slots(receiver), "args": host.outgoing(list(args)), "kwargs": host.outgoing(dict(kwargs))}
+           "slots": host.receiver_slots(receiver), "args": sent_args, "kwargs": sent_kwargs}
     try:
         worker = pool.checkout(timeout=budget)
     except TimeoutError:
@@ -293,7 +306,10 @@ def run_method(pool: SandboxPool, selector: str, source: str, receiver: UvmObjec
     answered = [False]  # a worker that sent its final frame is fit for the next call
     try:
         worker.channel.send(job)
-        return _serve(worker, host, nonce, deadline, answered)
+        result = _serve(worker, host, nonce, deadline, answered)
+        if outside_writes is not None:
+            outside_writes.extend(host.outside)
+        return result
     except ChannelTimeout:
         raise MethodTimeout(budget) from None
     except FrameTooLarge as exc:
