@@ -351,3 +351,43 @@ def test_an_answer_draws_only_on_the_askers_own_memory(tmp_path, mind_server):
         assert "memory-mapped without a copy" not in prompts
     finally:
         srv.stop()
+
+
+def test_a_method_cycle_draws_only_on_its_owners_memory_and_is_theirs(tmp_path, model_server):
+    """What a user asked a method for (arguments, intent, their notes) stays theirs: a cycle bob
+    opens is not shown alice's notes, and alice cannot read bob's cycle; her own cycle draws on
+    her notes."""
+    from conftest import ScriptedModel
+
+    keys = Keys()
+    notes = tmp_path / "alice-totals.md"
+    notes.write_text("# Totals\n\nTo add to a total, read the total slot, add the amount, store it back and "
+                     "return the new total.\n")
+    make_counter(tmp_path / "image.fs")
+    srv = uvm(tmp_path / "image.fs", model_server, **keys.env(tmp_path / "clients"))
+    srv = KeyedServer(srv.image, keys=keys, env={k: v for k, v in srv.env.items() if k.startswith("BATOS_")}).start()
+    try:
+        with keys.client(srv, keys.alice, timeout=120) as alice:
+            alice.memory_ingest([notes])
+            own_target = alice.send("genesis_obj", "clone")["$oid"]
+            alice.set(own_target, "total", 1)
+        with keys.client(srv, keys.bob, timeout=120) as bob:
+            assert bob.send("counter_obj", "add_to_total", 5, intent="add an amount to the total") == 15
+            bobs = bob.call("cycles_list", all=True)
+            assert len(bobs) == 1 and "knowledge" not in bob.call("cycle_show", cycle=bobs[0]["id"])["brief"]
+        assert not any("store it back" in m["content"] for r in ScriptedModel.requests for m in r["messages"])
+        with keys.client(srv, keys.alice, timeout=120) as alice:
+            with pytest.raises(RemoteError) as caught:
+                alice.call("cycle_show", cycle=bobs[0]["id"])
+            assert caught.value.code == "not_found"
+            assert bobs[0]["id"] not in [c["id"] for c in alice.call("cycles_list", all=True)]
+            ScriptedModel.requests.clear()
+            assert alice.send(own_target, "add_to_total", 5, intent="add an amount to the total") == 6
+            hers = [c for c in alice.call("cycles_list", all=True)]
+            assert len(hers) == 1
+            brief = alice.call("cycle_show", cycle=hers[0]["id"])["brief"]
+            assert [k["source"] for k in brief["knowledge"]] == [str(notes)]
+        with keys.client(srv, keys.root) as admin:
+            assert {c["id"] for c in admin.call("cycles_list", all=True)} == {bobs[0]["id"], hers[0]["id"]}
+    finally:
+        srv.stop()

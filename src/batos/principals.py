@@ -23,6 +23,12 @@ class Principal:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+    @property
+    def peer(self) -> bytes:
+        """The peer identity this principal's requests carry when the UVM has identities (what
+        rate limits and a cycle's ``opened_by``, hex-encoded, name)."""
+        return self.key.encode()
+
     def may_see(self, owner: str | None) -> bool:
         """Whether something owned by ``owner`` (a key; None: the single owner of an image without
         identities) is this principal's to see and change."""

@@ -153,7 +153,7 @@ class Bridge:
             return
         envelope, payload = parts[:-1], parts[-1]
         try:
-            peer = principal.key.encode() if self.gate else (envelope[0] if envelope else b"")
+            peer = principal.peer if self.gate else (envelope[0] if envelope else b"")
             request = protocol.decode(payload, peer=peer, principal=principal)
         except ProtocolError as exc:
             self._send(envelope, protocol.error_reply(exc.request_id, exc.code, exc.message))

@@ -28,7 +28,7 @@ from batos.llm.generation import BackendError, ConfigurationError
 from batos.llm.settings import LLMSettings
 from batos.llm.embeddings import Embedder, EmbeddingsUnavailable
 from batos.memory.catalog import KNOWLEDGE_CATALOG
-from batos.memory.service import MemoryPolicy, MemoryService
+from batos.memory.service import MemoryPolicy, MemoryService, documents_of
 from batos.mind.codex import CODEX
 from batos.mind.conversations import CONVERSATIONS
 from batos.mind.cycle import CyclePolicy, CycleRunner
@@ -167,7 +167,7 @@ class UVM:
                 model_name=lambda: self.core.stats().get("model", self.settings.llm), sandbox=self.sandbox,
                 generate_many=self._generate_many_for_cycle, experts=self._experts_when_ready,
                 choose_persona=lambda brief: writer_for(brief, self.router),
-                recall=lambda mission: self.memory.recall(mission, "documents"))
+                recall=lambda mission, owner: self.memory.recall(mission, "documents", allowed=documents_of(owner)))
             self.cycles = CycleService(runner, wait_seconds=self.settings.cycle_wait_seconds)
             self.router = Router(self.embedder, lambda: runner.read(exemplars_of), self._break_route_tie)
             self.mind = MindService(self.cycles, SynapticCycle(runner, self.embedder, recall=self.memory.recall), self.router, self.embedder,
@@ -364,7 +364,7 @@ class UVM:
         found = await self.cycles.missing_method(
             call.receiver, selector, args, call.kwargs, options.get("intent"), options.get("examples"),
             options.get("wait", True), functools.partial(self.cycle_starts.allow, request.peer), context.emit,
-            opened_by=request.peer.hex())
+            opened_by=request.peer.hex(), owner=request.principal.key)
         if found["state"] == "queued":
             return {"cycle": found["id"], "state": "queued"}
         if found["state"] == "FAILED":

@@ -296,6 +296,13 @@ def owner_of(document: Document | None) -> str | None:
     return getattr(document, "owner", None)
 
 
+def documents_of(owner: str | None) -> Callable[[str, str | None], bool]:
+    """The ``allowed`` test of :meth:`MemoryService.recall` that keeps the documents of ``owner``
+    (a principal's key; None: the image's single owner) and no one else's."""
+    mine = owner or OWNER.key
+    return lambda source, document_owner: (document_owner or OWNER.key) == mine
+
+
 def owned(document: Document, owner: Principal) -> Document:
     document.owner = owner.key
     return document

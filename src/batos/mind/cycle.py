@@ -197,14 +197,14 @@ class CycleRunner:
                  model_name: Callable[[], str] | None = None, sleep: Callable[[float], None] = time.sleep,
                  sandbox: SandboxPool | None = None, generate_many: GenerateMany | None = None,
                  experts: Callable[[], set[str]] | None = None, choose_persona: ChoosePersona | None = None,
-                 recall: Callable[[str], list[dict]] | None = None):
+                 recall: Callable[[str, str | None], list[dict]] | None = None):
         self.sandbox = sandbox  # where candidates are verified (None: the process's default pool)
         self.generate = generate
         self.generate_many = generate_many or (lambda conversations, **options: [
             self._first(generate(messages, **options)) for messages in conversations])
         self.experts = experts or set  # the experts the model can apply now
         self.choose_persona = choose_persona or (lambda brief: (self.policy.persona, None))
-        self.recall = recall  # memory's chunks related to a mission, for its brief
+        self.recall = recall  # (mission, the cycle's owner): memory's chunks on it of that owner's
         self.streams: dict[str, Callable[[str], None]] = {}  # cycle id -> who gets its text as it comes
         self.policy = policy or CyclePolicy()
         self.model_name = model_name or (lambda: "unknown")
@@ -248,9 +248,10 @@ class CycleRunner:
         self.change(cycle_id, step)
 
     def delegate(self, cycle_id: str) -> None:
-        brief = self.read_cycle(cycle_id, lambda cycle: to_plain(cycle._slots["brief"]))
+        brief, owner = self.read_cycle(cycle_id, lambda cycle: (to_plain(cycle._slots["brief"]),
+                                                                 cycle._slots.get("owner")))
         persona, route = self.choose_persona(brief)  # no transaction is open here
-        knowledge = self._knowledge_for(brief)
+        knowledge = self._knowledge_for(brief, owner)
 
         def step(root, cycle):
             if knowledge:
@@ -261,12 +262,13 @@ class CycleRunner:
             self.move(root, cycle, "DELEGATING")
         self.change(cycle_id, step)
 
-    def _knowledge_for(self, brief: dict[str, Any]) -> list[dict[str, str]]:
-        """Up to 2 chunks memory holds on the mission (facets are compiled from their intent alone)."""
+    def _knowledge_for(self, brief: dict[str, Any], owner: str | None) -> list[dict[str, str]]:
+        """Up to 2 chunks the memory of the cycle's owner holds on the mission (facets are
+        compiled from their intent alone)."""
         if self.recall is None or is_facet(brief["selector"]):
             return []
         try:
-            hits = self.recall(f"{brief['selector'].replace('_', ' ')}: {brief.get('intent') or ''}")
+            hits = self.recall(f"{brief['selector'].replace('_', ' ')}: {brief.get('intent') or ''}", owner)
         except Exception:  # memory helps a mission; it is never a reason to fail one
             log.exception("recalling memory for %s failed", brief["selector"])
             return []
@@ -464,11 +466,14 @@ class CycleRunner:
 
     def start_or_join(self, target_oid: str, selector: str, args: list, kwargs: dict,
                       intent: str | None = None, examples: list | None = None,
-                      may_start: Callable[[int, int], None] | None = None, opened_by: str = "") -> str:
+                      may_start: Callable[[int, int], None] | None = None, opened_by: str = "",
+                      owner: str | None = None) -> str:
         """The open cycle for (target, selector), or a new one in IDLE; its id.
 
         Before a new cycle is made, ``may_start(open cycles, of them opened by opened_by)`` may
-        refuse by raising; the new cycle records ``opened_by`` (who asked, for per-client limits).
+        refuse by raising; the new cycle records ``opened_by`` (who asked, for per-client limits)
+        and, when given, its ``owner`` (a principal's key: what the asker put in the cycle, their
+        arguments, intent and memory, is theirs; others who join it get only its outcome).
         """
         def start(root) -> str:
             open_cycles = own_open = 0
@@ -491,6 +496,8 @@ class CycleRunner:
                 transitions=[{"state": "IDLE", "at": now}], created=now, updated=now, opened_by=opened_by,
                 **{STATE_SLOT: root["psm_prototypes_obj"]._slots["IDLE"]},
             )
+            if owner is not None:
+                root["active_cycles"][cycle_id]._slots["owner"] = owner
             mark_kernel(root["active_cycles"][cycle_id])
             return cycle_id
         return self.transact(start)

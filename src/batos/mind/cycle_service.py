@@ -97,11 +97,12 @@ class CycleService:
     async def missing_method(self, receiver: str, selector: str, args: list, kwargs: dict,
                              intent: str | None, examples: list | None, wait: bool,
                              may_start: Callable[[int, int], None] | None, on_state: OnState,
-                             opened_by: str = "") -> dict[str, Any]:
+                             opened_by: str = "", owner: str | None = None) -> dict[str, Any]:
         """Start (or join) the cycle for ``receiver``'s ``selector``; unless ``wait`` is false,
-        wait for it to stop, telling ``on_state`` of each state. The cycle's summary."""
+        wait for it to stop, telling ``on_state`` of each state. The cycle's summary. A new cycle
+        belongs to ``owner`` (a principal's key) when given."""
         cycle_id = await asyncio.to_thread(self.runner.start_or_join, receiver, selector, args, kwargs,
-                                           intent, examples, may_start, opened_by)
+                                           intent, examples, may_start, opened_by, owner)
         if not wait:
             self.enqueue(cycle_id)
             return {"id": cycle_id, "state": "queued"}
