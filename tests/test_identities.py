@@ -391,3 +391,30 @@ def test_a_method_cycle_draws_only_on_its_owners_memory_and_is_theirs(tmp_path, 
             assert {c["id"] for c in admin.call("cycles_list", all=True)} == {bobs[0]["id"], hers[0]["id"]}
     finally:
         srv.stop()
+
+
+def test_a_users_search_is_not_crowded_out_by_other_users_documents(tmp_path):
+    """Bob's forty notes on the same subject rank above alice's one; her search still finds hers
+    (and his never), for k hits as asked."""
+    keys = Keys()
+    srv = KeyedServer(tmp_path / "image.fs", keys=keys, env=keys.env(tmp_path / "clients")).start()
+    theirs = []
+    for n in range(40):
+        theirs.append(tmp_path / f"bob-{n}.md")
+        theirs[-1].write_text(f"# Zeppelin budget {n}\n\nThe zeppelin budget, the zeppelin budget again: "
+                              f"hangar {n} costs more than the zeppelin budget allows.\n")
+    hers = tmp_path / "alice.md"
+    hers.write_text("# Plans\n\nThe quarterly budget for the zeppelin project is forty thousand.\n")
+    try:
+        with keys.client(srv, keys.bob, timeout=120) as bob:
+            assert all(r["status"] == "added" for r in bob.memory_ingest(theirs))
+        with keys.client(srv, keys.alice, timeout=120) as alice:
+            alice.memory_ingest([hers])
+            for mode in ("hybrid", "vector", "lexical"):
+                found = alice.memory_search("zeppelin budget", k=3, mode=mode)
+                assert [h["source"] for h in found] == [str(hers)], mode
+        with keys.client(srv, keys.bob, timeout=120) as bob:
+            found = bob.memory_search("quarterly zeppelin budget forty thousand", k=5)
+            assert len(found) == 5 and str(hers) not in {h["source"] for h in found}
+    finally:
+        srv.stop()

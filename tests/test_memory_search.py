@@ -73,3 +73,18 @@ def test_the_every_word_scores_are_okapi_bm25s_own():
         theirs = mass_weightedIntersection([(catalog.lexical.search(w), 1) for w in query.split()])
         assert ours and set(ours) == set(theirs.keys())
         assert all(abs(ours[c] - theirs[c]) < 1e-4 * max(1.0, theirs[c]) for c in ours)
+
+
+def test_a_search_limited_to_some_chunks_finds_them_in_the_graph_as_exactly():
+    embedder = Embedder()
+    vectors = embedder.encode(SENTENCES)
+    ids = np.arange(100, 100 + len(SENTENCES))
+    exact, graph = VectorIndex(), VectorIndex(exact_limit=10)
+    for index in (exact, graph):
+        index.refresh(1, lambda: (ids, vectors))
+    only = ids[1::3]  # a third of the rows, none of them the closest to most queries
+    query = embedder.encode(["Which part routes the replies?"])[0]
+    by_exact, by_graph = exact.search(query, 4, only), graph.search(query, 4, only)
+    assert len(by_exact) == 4 and {i for i, _ in by_exact} <= set(only.tolist())
+    assert [i for i, _ in by_graph] == [i for i, _ in by_exact]
+    assert exact.search(query, 4, np.zeros(0, dtype=np.int64)) == []

@@ -134,10 +134,11 @@ class Catalog(persistent.Persistent):
 
     # --- reading ----------------------------------------------------------------------------------
 
-    def lexical_search(self, query: str, limit: int, every_word: bool = False) -> list[tuple[int, float]]:
+    def lexical_search(self, query: str, limit: int, every_word: bool = False,
+                       only: np.ndarray | None = None) -> list[tuple[int, float]]:
         """Chunk ids by BM25 score: the chunks holding any of the query's words, or with
         ``every_word`` only those holding all of them (stop words aside; a word no chunk holds
-        then leaves nothing)."""
+        then leaves nothing); with ``only`` (chunk ids), only those among them."""
         words = set(_SPLITTER.process([query]))
         if every_word:
             ids, scores = _bm25_of_chunks_holding_all(self.lexical, words)
@@ -146,6 +147,9 @@ class Catalog(persistent.Persistent):
             merged = mass_weightedUnion(found) if found else {}
             ids = np.fromiter(merged.keys(), dtype=np.int64, count=len(merged))
             scores = np.fromiter(merged.values(), dtype=np.float32, count=len(merged))
+        if only is not None:
+            kept = np.isin(ids, only)
+            ids, scores = ids[kept], scores[kept]
         limit = min(limit, len(ids))
         if limit <= 0:
             return []

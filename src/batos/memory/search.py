@@ -64,19 +64,43 @@ class VectorIndex:
     def method(self) -> str:
         return "usearch HNSW" if self._graph is not None else "exact (numpy)"
 
-    def search(self, query: np.ndarray, limit: int) -> list[tuple[int, float]]:
-        """The ``limit`` chunk ids closest to the unit vector ``query``, with cosine similarity."""
+    def search(self, query: np.ndarray, limit: int, only: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """The ``limit`` chunk ids closest to the unit vector ``query``, with cosine similarity;
+        with ``only`` (sorted chunk ids), the closest among those."""
         ids, vectors, graph = self._ids, self._vectors, self._graph
         if not len(ids) or limit <= 0:
             return []
         if graph is not None:
-            found = graph.search(query.astype(np.float32), limit)
-            return [(int(ids[row]), 1.0 - float(distance)) for row, distance in zip(found.keys, found.distances)]
+            return self._search_graph(graph, ids, query, limit, only)
         scores = vectors @ query
-        limit = min(limit, len(scores))
-        top = np.argpartition(-scores, limit - 1)[:limit]
+        rows = np.arange(len(ids)) if only is None else np.nonzero(np.isin(ids, only, assume_unique=True))[0]
+        limit = min(limit, len(rows))
+        if limit <= 0:
+            return []
+        top = rows[np.argpartition(-scores[rows], limit - 1)[:limit]]
         top = top[np.argsort(-scores[top])]
         return [(int(ids[row]), float(scores[row])) for row in top]
+
+    @staticmethod
+    def _search_graph(graph, ids: np.ndarray, query: np.ndarray, limit: int,
+                      only: np.ndarray | None) -> list[tuple[int, float]]:
+        """The graph's nearest rows; with ``only``, asked for four times more each round until
+        ``limit`` of them are among ``only`` or every row has been offered."""
+        wanted = limit
+        while True:
+            found = graph.search(query.astype(np.float32), min(wanted, len(ids)))
+            hits = [(int(ids[row]), 1.0 - float(distance)) for row, distance in zip(found.keys, found.distances)]
+            if only is not None:
+                hits = [(chunk, score) for chunk, score in hits if _holds(only, chunk)]
+            if only is None or len(hits) >= limit or wanted >= len(ids):
+                return hits[:limit]
+            wanted *= 4
+
+
+def _holds(sorted_ids: np.ndarray, chunk: int) -> bool:
+    at = int(np.searchsorted(sorted_ids, chunk))
+    return at < len(sorted_ids) and int(sorted_ids[at]) == chunk
+
 
     def vector_of(self, chunk_id: int) -> np.ndarray | None:
         rows = np.nonzero(self._ids == chunk_id)[0]

@@ -110,15 +110,12 @@ class MemoryService:
         whose source starts with ``excluding`` (when given), and, when ``allowed`` is given, only
         those for which ``allowed(source, the document's owner)`` holds (whose memory the asker
         may draw on)."""
-        def wanted(source: str) -> bool:
+        def wanted(source: str, owner: str | None) -> bool:
             return (source.startswith(TURN_PREFIX) == (part == "turns")
-                    and not (excluding and source.startswith(excluding)))
-        hits, similarity = self._ranked(question, RECALL_POOL, "hybrid")
-        hits = [h for h in hits if wanted(h["source"]) and similarity.get(h["chunk"], 0.0) >= MIN_RECALL_SIMILARITY]
-        if allowed is not None:
-            owners = self._read(lambda catalog: {h["source"]: owner_of(catalog.documents.get(h["source"])) for h in hits})
-            hits = [h for h in hits if allowed(h["source"], owners[h["source"]])]
-        return hits[:k]
+                    and not (excluding and source.startswith(excluding))
+                    and (allowed is None or allowed(source, owner)))
+        hits, similarity = self._ranked(question, RECALL_POOL, "hybrid", only=self._chunks_of(wanted))
+        return [h for h in hits if similarity.get(h["chunk"], 0.0) >= MIN_RECALL_SIMILARITY][:k]
 
     def _record(self, source: str, digest: str, kind: str, size: int, text: str, progress: Progress | None) -> int:
         """Chunk (here: the kernel's own text, in linear time), embed and store one document."""
@@ -154,11 +151,18 @@ class MemoryService:
             raise BadRequest(f"k must be a whole number from 1 to {MAX_K}")
         if principal.is_admin:
             return self._ranked(query, k, mode, diverse)[0]
-        # a user's hits are taken from a wider ranking, keeping only its own documents' chunks
-        hits = self._ranked(query, min(MAX_K, 4 * k + 20), mode, diverse)[0]
-        mine = self._read(lambda catalog: {h["source"] for h in hits
-                                           if principal.may_see(owner_of(catalog.documents.get(h["source"])))})
-        return [h for h in hits if h["source"] in mine][:k]
+        only = self._chunks_of(lambda source, owner: principal.may_see(owner))
+        return self._ranked(query, k, mode, diverse, only)[0]
+
+    def _chunks_of(self, wanted: Callable[[str, str | None], bool]) -> np.ndarray:
+        """The sorted chunk ids of the documents for which ``wanted(source, owner)`` holds: what a
+        ranking is limited to before it takes its top hits (so others' documents cannot crowd
+        out the ones wanted)."""
+        def collect(catalog: Catalog) -> np.ndarray:
+            ids = [chunk for source, document in catalog.documents.items() if wanted(source, owner_of(document))
+                   for chunk in document.chunk_ids]
+            return np.unique(np.asarray(ids, dtype=np.int64))
+        return self._read(collect)
 
     def show(self, chunk_id: int, principal: Principal = OWNER) -> dict:
         def find(catalog: Catalog) -> dict:
@@ -229,17 +233,22 @@ class MemoryService:
 
     # --- inside -----------------------------------------------------------------------------------
 
-    def _ranked(self, query: str, k: int, mode: str, diverse: bool = False) -> tuple[list[dict], dict[int, float]]:
-        """The top ``k`` hits, and the cosine similarity of the vector side's candidates."""
+    def _ranked(self, query: str, k: int, mode: str, diverse: bool = False,
+                only: np.ndarray | None = None) -> tuple[list[dict], dict[int, float]]:
+        """The top ``k`` hits (among the chunk ids ``only``, when given), and the cosine
+        similarity of the vector side's candidates."""
+        if only is not None and not len(only):
+            return [], {}
         pending = self.embedder.submit_query(query) if mode != "lexical" else None
 
         def rank(catalog: Catalog) -> tuple[list[dict], dict[int, float]]:
             # the lexical side runs while the query is embedded on the embedder's thread
-            lexical = catalog.lexical_search(query, CANDIDATES, every_word=mode == "hybrid") if mode != "vector" else []
+            lexical = (catalog.lexical_search(query, CANDIDATES, every_word=mode == "hybrid", only=only)
+                       if mode != "vector" else [])
             vector: list[tuple[int, float]] = []
             if pending is not None:
                 self.vectors.refresh(catalog.version, catalog.all_vectors)
-                vector = self.vectors.search(pending.result(), CANDIDATES)
+                vector = self.vectors.search(pending.result(), CANDIDATES, only)
             ranked = {"lexical": lexical, "vector": vector}.get(mode) or reciprocal_rank_fusion(lexical, vector)
             if diverse:
                 found = {c: v for c, _ in ranked if (v := self.vectors.vector_of(c)) is not None}
