@@ -10,7 +10,8 @@ import zipfile
 
 import pytest
 
-from batos.image.archives import UnsafeArchiveError, safe_extract
+from batos.image.archives import UnsafeArchiveError
+from batos.sandbox.unpacking import safe_extract
 
 
 def make_tar(path, members):
@@ -132,3 +133,29 @@ def test_a_small_archive_may_not_unpack_to_a_hundred_times_its_size(tmp_path, ki
     with pytest.raises(UnsafeArchiveError, match="bytes"):
         safe_extract(bomb, tmp_path / "out")  # default limits
     assert not (tmp_path / "out").exists()
+
+
+def test_archives_are_read_in_another_process(tmp_path, monkeypatch):
+    """This process never parses an archive: with its own readers broken, extraction still works."""
+    good = make_tar(tmp_path / "good.tar.gz", [file_member("dir/file.txt", b"hello")])
+    z = tmp_path / "good.zip"
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/b.txt", "zip")
+
+    def broken(*args, **kwargs):
+        raise AssertionError("an archive was parsed in the caller's process")
+    monkeypatch.setattr(tarfile, "open", broken)
+    monkeypatch.setattr(zipfile, "ZipFile", broken)
+    assert (safe_extract(good, tmp_path / "t") / "dir" / "file.txt").read_bytes() == b"hello"
+    assert (safe_extract(z, tmp_path / "z") / "a" / "b.txt").read_text() == "zip"
+
+
+@pytest.mark.parametrize("name, folder", [("../x", False), ("/abs", False), ("a/../../b", False), ("", False),
+                                          ("dir/", False), ("a\0b", False)])
+def test_a_member_name_the_reader_sends_is_checked_again(tmp_path, name, folder):
+    from batos.sandbox.unpacking import member_path
+
+    with pytest.raises(UnsafeArchiveError):
+        member_path(tmp_path, name, folder)
+    assert member_path(tmp_path, "./", True) == tmp_path
+    assert member_path(tmp_path, "./a/b.txt", False) == tmp_path / "a" / "b.txt"

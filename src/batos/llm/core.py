@@ -22,7 +22,7 @@ import transaction
 import ZODB
 
 from batos.errors import BatosError
-from batos.image.archives import safe_extract
+from batos.sandbox.unpacking import safe_extract
 from batos.image.blobs import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BundleError, adapter_record, blob_from_file,
                                import_folder, scan_folder)
 from batos.image.transactions import run_in_transaction
