@@ -14,13 +14,19 @@ SENTENCES = [f"{subject} {verb} {thing}." for subject in ("The bridge", "A perso
              for verb in ("routes", "audits", "stores", "forgets") for thing in ("replies", "methods", "chunks")]
 
 
-def test_the_ann_graph_beyond_the_exact_limit_finds_what_exact_search_finds():
-    embedder = Embedder()
+def exact_and_graph(embedder: Embedder) -> tuple[np.ndarray, VectorIndex, VectorIndex]:
+    """The ids of SENTENCES, searched exactly and (past a limit of 10) through the graph."""
     vectors = embedder.encode(SENTENCES)
     ids = np.arange(100, 100 + len(SENTENCES))
     exact, graph = VectorIndex(), VectorIndex(exact_limit=10)
     for index in (exact, graph):
         index.refresh(1, lambda: (ids, vectors))
+    return ids, exact, graph
+
+
+def test_the_ann_graph_beyond_the_exact_limit_finds_what_exact_search_finds():
+    embedder = Embedder()
+    ids, exact, graph = exact_and_graph(embedder)
     assert (exact.method, graph.method) == ("exact (numpy)", "usearch HNSW")
     for sentence in ("Which part routes the replies?", "Who forgets chunks?"):
         query = embedder.encode([sentence])[0]
@@ -77,11 +83,7 @@ def test_the_every_word_scores_are_okapi_bm25s_own():
 
 def test_a_search_limited_to_some_chunks_finds_them_in_the_graph_as_exactly():
     embedder = Embedder()
-    vectors = embedder.encode(SENTENCES)
-    ids = np.arange(100, 100 + len(SENTENCES))
-    exact, graph = VectorIndex(), VectorIndex(exact_limit=10)
-    for index in (exact, graph):
-        index.refresh(1, lambda: (ids, vectors))
+    ids, exact, graph = exact_and_graph(embedder)
     only = ids[1::3]  # a third of the rows, none of them the closest to most queries
     query = embedder.encode(["Which part routes the replies?"])[0]
     by_exact, by_graph = exact.search(query, 4, only), graph.search(query, 4, only)
