@@ -413,8 +413,36 @@ def test_a_users_search_is_not_crowded_out_by_other_users_documents(tmp_path):
             for mode in ("hybrid", "vector", "lexical"):
                 found = alice.memory_search("zeppelin budget", k=3, mode=mode)
                 assert [h["source"] for h in found] == [str(hers)], mode
+            assert [h["source"] for h in alice.memory_search("zeppelin budget", k=3, diverse=True)] == [str(hers)]
         with keys.client(srv, keys.bob, timeout=120) as bob:
             found = bob.memory_search("quarterly zeppelin budget forty thousand", k=5)
             assert len(found) == 5 and str(hers) not in {h["source"] for h in found}
     finally:
+        srv.stop()
+
+
+def test_joining_another_users_cycle_tells_its_outcome_not_their_examples(tmp_path, model_server):
+    """Alice's send joins the cycle bob opened for the same missing method; when it fails she is
+    told so, not bob's arguments, examples or the target's slots that its verdict quotes."""
+    from conftest import ScriptedModel
+
+    ScriptedModel.answers, ScriptedModel.delay = ["def add_to_total(self, n):\n    return 0\n"], 1.0
+    keys = Keys()
+    make_counter(tmp_path / "image.fs")
+    srv = uvm(tmp_path / "image.fs", model_server, **keys.env(tmp_path / "clients"))
+    srv = KeyedServer(srv.image, keys=keys, env={k: v for k, v in srv.env.items() if k.startswith("BATOS_")}).start()
+    try:
+        with keys.client(srv, keys.bob, timeout=120) as bob:
+            bob.send("counter_obj", "add_to_total", "bob-private-argument", wait=False, intent="bob's private intent",
+                     examples=[{"args": ["bob-private-argument"], "result": "bob-private-expected"}])
+        with keys.client(srv, keys.alice, timeout=120) as alice:
+            with pytest.raises(RemoteError) as caught:
+                alice.send("counter_obj", "add_to_total", 1)
+        assert caught.value.code == "synthesis_failed" and "another user" in caught.value.message
+        assert "bob-private" not in caught.value.message and "total" not in caught.value.message
+        cycle = caught.value.message.split(":")[0].split()[-1]
+        with keys.client(srv, keys.bob, timeout=120) as bob:  # the opener is told why
+            assert "bob-private-expected" in bob.call("cycle_show", cycle=cycle)["reason"]
+    finally:
+        ScriptedModel.delay = 0.0
         srv.stop()

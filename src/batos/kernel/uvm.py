@@ -368,7 +368,10 @@ class UVM:
         if found["state"] == "queued":
             return {"cycle": found["id"], "state": "queued"}
         if found["state"] == "FAILED":
-            raise ProtocolError(Code.SYNTHESIS_FAILED, f"cycle {found['id']}: {found['reason']}")
+            # the reason quotes the opener's arguments and examples: theirs to read
+            reason = (found["reason"] if request.principal.may_see(found.get("owner"))
+                      else "it failed; it was opened by another user, who can see why")
+            raise ProtocolError(Code.SYNTHESIS_FAILED, f"cycle {found['id']}: {reason}")
         if found["state"] == "AWAITING_APPROVAL":
             raise ProtocolError(Code.AWAITING_APPROVAL, f"cycle {found['id']} wrote {selector}; approve it with `batos cycles approve {found['id']}`")
         fields = {k: v for k, v in request.fields.items() if k not in ("intent", "examples", "wait")}

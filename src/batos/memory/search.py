@@ -97,14 +97,14 @@ class VectorIndex:
             wanted *= 4
 
 
-def _holds(sorted_ids: np.ndarray, chunk: int) -> bool:
-    at = int(np.searchsorted(sorted_ids, chunk))
-    return at < len(sorted_ids) and int(sorted_ids[at]) == chunk
-
-
     def vector_of(self, chunk_id: int) -> np.ndarray | None:
         rows = np.nonzero(self._ids == chunk_id)[0]
         return self._vectors[rows[0]] if len(rows) else None
+
+
+def _holds(sorted_ids: np.ndarray, chunk: int) -> bool:
+    at = int(np.searchsorted(sorted_ids, chunk))
+    return at < len(sorted_ids) and int(sorted_ids[at]) == chunk
 
 
 def reciprocal_rank_fusion(*rankings: list[tuple[int, float]]) -> list[tuple[int, float]]:

@@ -150,6 +150,7 @@ def summary(cycle: UvmObject, detail: bool = False) -> dict[str, Any]:
     }
     data["kind"] = kind_of(cycle)
     data["persona"] = slots.get("persona")
+    data["owner"] = slots.get("owner")  # the key of who opened it (their brief), when recorded
     if detail:
         data["approved_source"] = slots.get("approved_source")
         data["brief"] = to_plain(slots.get("brief"))
