@@ -305,5 +305,29 @@ def test_the_doctor_reports_slots_a_method_wrote_beyond_its_receiver_and_argumen
     report = json.loads(run_cli("doctor", "--image", str(image_path), "--json").stdout)
     assert report["problems"] == []
     notes = "\n".join(report["notes"])
-    assert "1 slot write(s) by methods outside their receiver and arguments" in notes
+    assert "1 record(s) of slots written by methods outside their receiver and arguments" in notes
     assert f"method 'meddle' sent to {mine} wrote slot 'count' of {shared} (for owner)" in notes
+
+
+def test_an_outside_write_is_recorded_once_and_cannot_hide_behind_others_and_new_objects_are_the_calls(image_path):
+    """Writing one throwaway slot a hundred times (each flushed by a primitive) leaves one record,
+    so the write that follows is on record too; a slot of an object the call made (the copied
+    child of a deep clone) is not an outside write."""
+    from batos.image.protection import outside_writes
+
+    srv = Server(image_path).start()
+    try:
+        with srv.client() as c:
+            shared, junk, actor = (c.send("genesis_obj", "clone")["$oid"] for _ in range(3))
+            for slot, value in (("shared", shared), ("junk", junk), ("kid", junk)):
+                c.set(actor, slot, {"$oid": value})
+            c.define(actor, "def hide(self):\n    j = self.junk\n    for i in range(100):\n        j.n = i\n"
+                            "        j.oid()\n    self.shared.secret = 'tampered'\n    return 1\n")
+            assert c.send(actor, "hide") == 1
+            c.define(actor, "def deep(self):\n    c = self.clone(True)\n    c.kid.fresh = 1\n    return c\n")
+            c.send(actor, "deep")
+    finally:
+        srv.stop()
+    with opened_root(image_path) as root:
+        total, kept = outside_writes(root)
+    assert total == 2 and [(w["target"], w["slot"]) for w in kept] == [(junk, "n"), (shared, "secret")]

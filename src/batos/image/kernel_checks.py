@@ -66,14 +66,17 @@ def check_kernel(root: Any, objects: Iterable[UvmObject], max_slots: int = MAX_S
 def outside_write_notes(root: Any, shown: int = 10) -> list[str]:
     """Sentences on the slots methods wrote beyond their receiver, arguments and new objects (the
     writes :func:`batos.image.protection.record_outside_writes` kept): how many, and the latest."""
-    writes = outside_writes(root)
-    if not writes:
+    total, kept = outside_writes(root)
+    if not kept:
         return []
-    notes = [f"{len(writes)} slot write(s) by methods outside their receiver and arguments are on record; "
-             f"the latest {min(shown, len(writes))}:"]
-    for write in writes[-shown:]:
-        notes.append(f"  method {write.get('method')!r} sent to {write.get('receiver')} wrote slot "
-                     f"{write.get('slot')!r} of {write.get('target')} (for {write.get('by')})")
+    dropped = f" ({total - len(kept)} older ones no longer kept)" if total > len(kept) else ""
+    notes = [f"{total} record(s) of slots written by methods outside their receiver and arguments{dropped}; "
+             f"the latest {min(shown, len(kept))}:"]
+    for write in kept[-shown:]:
+        what = (f"{write['more']} more slot(s) of other objects" if "more" in write
+                else f"slot {write.get('slot')!r} of {write.get('target')}")
+        notes.append(f"  method {write.get('method')!r} sent to {write.get('receiver')} wrote {what} "
+                     f"(for {write.get('by')})")
     return notes
 
 

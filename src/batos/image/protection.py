@@ -90,23 +90,29 @@ def check_parents(value: Any) -> None:
 
 
 def record_outside_writes(root: Any, selector: str, receiver: UvmObject, writes: list[tuple[UvmObject, str]],
-                          principal: Principal) -> None:
+                          principal: Principal, more: int = 0) -> None:
     """Keep, for the doctor, that the method ``selector`` sent to ``receiver`` wrote slots of
-    objects it was neither sent nor given as arguments nor made itself (the last
-    MAX_OUTSIDE_WRITES such writes are kept, in the caller's transaction)."""
+    objects it was neither sent nor given as arguments nor made itself (and ``more`` such slots
+    not listed). The last MAX_OUTSIDE_WRITES are kept, numbered from the first ever recorded, in
+    the caller's transaction."""
     ledger = root.get(OUTSIDE_WRITES_KEY)
     if not isinstance(ledger, IOBTree):
         ledger = root[OUTSIDE_WRITES_KEY] = IOBTree()
     number = ledger.maxKey() + 1 if len(ledger) else 0
+    common = {"time": time.time(), "method": selector, "receiver": oid_text(receiver), "by": principal.name}
     for target, slot in writes:
-        ledger[number] = {"time": time.time(), "method": selector, "receiver": oid_text(receiver),
-                          "target": oid_text(target), "slot": slot, "by": principal.name}
+        ledger[number] = {**common, "target": oid_text(target), "slot": slot}
+        number += 1
+    if more:
+        ledger[number] = {**common, "more": more}
         number += 1
     while number - ledger.minKey() > MAX_OUTSIDE_WRITES:
         del ledger[ledger.minKey()]
 
 
-def outside_writes(root: Any) -> list[dict]:
-    """The writes :func:`record_outside_writes` kept, oldest first."""
+def outside_writes(root: Any) -> tuple[int, list[dict]]:
+    """How many records :func:`record_outside_writes` ever made, and those kept, oldest first."""
     ledger = root.get(OUTSIDE_WRITES_KEY)
-    return list(ledger.values()) if isinstance(ledger, IOBTree) else []
+    if not isinstance(ledger, IOBTree) or not len(ledger):
+        return 0, []
+    return ledger.maxKey() + 1, list(ledger.values())

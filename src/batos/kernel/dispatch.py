@@ -28,7 +28,7 @@ from batos.mind import guardian
 from batos.mind.cycle import is_facet
 from batos.principals import OWNER, Principal
 from batos.sandbox import SandboxPool, run_method
-from batos.sandbox.host import check_stored_value, method_digest
+from batos.sandbox.host import OutsideWrites, check_stored_value, method_digest
 from batos.sandbox.restricted import check_compiles
 
 OID_TEXT = re.compile(r"^0x[0-9a-fA-F]{1,16}$")
@@ -118,14 +118,14 @@ class Dispatcher:
                 raise ProtocolError(exc.code, str(exc)) from None
             except Exception as exc:
                 raise ProtocolError(Code.METHOD_ERROR, f"{method.selector}: {type(exc).__name__}: {exc}") from None
-        outside: list[tuple[UvmObject, str]] = []
+        outside = OutsideWrites()
         try:
             result = run_method(self.sandbox, method.selector, method.source, receiver, args, kwargs,
                                 self.method_budget, digest=method_digest(method), outside_writes=outside)
         except BatosError as exc:
             raise ProtocolError(exc.code, str(exc)) from None
-        if outside:
-            record_outside_writes(root, method.selector, receiver, outside, principal)
+        if outside.writes:
+            record_outside_writes(root, method.selector, receiver, outside.writes, principal, outside.more)
         return result
 
     def op_describe(self, root, fields: dict, max_nodes: int | None = None, principal: Principal = OWNER) -> Any:

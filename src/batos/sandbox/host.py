@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from persistent.list import PersistentList
@@ -76,6 +77,15 @@ def digest_of(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()
 
 
+@dataclass
+class OutsideWrites:
+    """The slots a call wrote on objects other than its receiver, its arguments and the objects it
+    made: each (object, slot) once, the first MAX_OUTSIDE_WRITES_KEPT of them, and how many more."""
+
+    writes: list[tuple[UvmObject, str]] = field(default_factory=list)
+    more: int = 0
+
+
 class CallHost:
     """The handle table and the rules of one call (see the module docstring)."""
 
@@ -86,8 +96,9 @@ class CallHost:
         self.refusal: BatosError | None = None
         self.written_bytes = 0
         self.new_objects = 0
-        self.given: set[int] = set()  # handles of the receiver, the arguments and what the call made
-        self.outside: list[tuple[UvmObject, str]] = []  # slots written on any other object
+        self.given: set[int] = set()  # handles of the receiver and the arguments
+        self.outside = OutsideWrites()  # slots written on any other object the image already held
+        self._outside_seen: set[tuple[int, str]] = set()
 
     # values out ------------------------------------------------------------------------------------
 
@@ -172,14 +183,23 @@ class CallHost:
             target = self.obj(handle)
             try:
                 self._apply_one(target, name, value, bool(deleted))
-                if handle not in self.given and len(self.outside) < MAX_OUTSIDE_WRITES_KEPT:
-                    self.outside.append((target, name))
+                if handle not in self.given and target._p_oid is not None:  # no oid yet: made by this call
+                    self._note_outside(handle, target, name)
             except (Protected, TooLarge) as exc:
                 self.refusal = self.refusal or exc
                 raise
             except (TypeError, ValueError) as exc:
                 self.refusal = self.refusal or BatosError(str(exc), code="bad_request")
                 raise self.refusal from None
+
+    def _note_outside(self, handle: int, target: UvmObject, name: str) -> None:
+        if (handle, name) in self._outside_seen:
+            return
+        self._outside_seen.add((handle, name))
+        if len(self.outside.writes) < MAX_OUTSIDE_WRITES_KEPT:
+            self.outside.writes.append((target, name))
+        else:
+            self.outside.more += 1
 
     def count_written(self, size: int) -> None:
         """Add ``size`` bytes to what this message writes; TooLarge past the limit."""
@@ -255,10 +275,7 @@ class CallHost:
             result = primitives.get(value.primitive)(receiver, *args, **kwargs)
         except TypeError as exc:
             raise MethodError(f"{name}: {exc}") from None
-        answer = self.outgoing(result)
-        if value.primitive == "clone" and isinstance(answer, Ref):
-            self.given.add(answer._handle)
-        return answer
+        return self.outgoing(result)
 
 
 def method_payload(selector: str, source: str) -> dict[str, Any]:
@@ -280,15 +297,13 @@ def method_digest(method: Method) -> str:
 
 
 def run_method(pool: SandboxPool, selector: str, source: str, receiver: UvmObject, args: list, kwargs: dict,
-               budget: float, digest: str | None = None,
-               outside_writes: list[tuple[UvmObject, str]] | None = None) -> Any:
+               budget: float, digest: str | None = None, outside_writes: OutsideWrites | None = None) -> Any:
     """Run ``source``'s function on ``receiver`` in a sandbox worker; its result as an image value.
 
     Its writes are applied to the objects of the caller's transaction as they arrive; on any
     error the caller must abort. Raises MethodError, MethodTimeout, Protected, TooLarge, or
-    SandboxUnavailable. ``outside_writes``, when given, gets ``(object, slot)`` for each slot the
-    call wrote on an object other than its receiver, its arguments and the objects it made (the
-    first MAX_OUTSIDE_WRITES_KEPT).
+    SandboxUnavailable. ``outside_writes``, when given, gets the slots the call wrote on objects
+    other than its receiver, its arguments and the objects it made (see OutsideWrites).
     """
     host = CallHost(pool.limits)
     digest = digest or digest_of(source)
@@ -308,7 +323,8 @@ def run_method(pool: SandboxPool, selector: str, source: str, receiver: UvmObjec
         worker.channel.send(job)
         result = _serve(worker, host, nonce, deadline, answered)
         if outside_writes is not None:
-            outside_writes.extend(host.outside)
+            outside_writes.writes.extend(host.outside.writes)
+            outside_writes.more += host.outside.more
         return result
     except ChannelTimeout:
         raise MethodTimeout(budget) from None
