@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -73,14 +74,19 @@ def test_teaching_an_exemplar_writes_a_bounded_record_however_many_are_known(ima
     srv = Server(image_path).start()
     try:
         with srv.client(timeout=60) as c:
-            growth = []
+            growth = []  # the median bytes one teach adds, for the 1st, 2nd and 3rd hundred
             for block in range(3):
-                before = image_path.stat().st_size
+                added = []
                 for i in range(100):
+                    before = image_path.stat().st_size
                     c.call("route_teach", text=f"Question {block}-{i} about the pelicans of lake {i}?", archetype="factual")
-                growth.append((image_path.stat().st_size - before) / 100)
+                    added.append(image_path.stat().st_size - before)
+                growth.append(statistics.median(added))
             srv.stop()
             srv.start()
+            with pytest.raises(RemoteError) as caught:  # the router's data: route --teach changes it
+                c.set("orchestrator_obj", "router_exemplars", c.get("orchestrator_obj", "router_exemplars"))
+            assert caught.value.code == "protected"
             assert c.call("route_teach", text="One more pelican question?", archetype="factual")["exemplars"] == \
                 len(seed_exemplars()) + 301
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from BTrees.IOBTree import IOBTree
 
 from batos.image.genesis import Furnishing
+from batos.image.protection import ALL, mark_kernel, protected_slots
 from batos.mind.router import Exemplar
 
 EXEMPLAR_SLOT = "router_exemplars"
@@ -81,13 +82,16 @@ def seed_exemplars() -> list[dict[str, str]]:
 
 def install_exemplars(root) -> None:
     """Give the orchestrator the seed exemplars, unless it already has exemplars of its own (kept,
-    and moved into the numbered store when an older image holds them as one list)."""
+    and moved into the numbered store when an older image holds them as a list or mapping), and
+    make the slot the kernel's: only ``route_teach`` (an admin's) changes it."""
     orchestrator = root["orchestrator_obj"]
     known = orchestrator._slots.get(EXEMPLAR_SLOT)
-    if isinstance(known, IOBTree) and len(known):
-        return
-    records = list(known) if isinstance(known, (list, tuple)) and known else seed_exemplars()
-    orchestrator._slots[EXEMPLAR_SLOT] = IOBTree(dict(enumerate(records)))
+    if not (isinstance(known, IOBTree) and len(known)):
+        records = list(known.values()) if hasattr(known, "values") else list(known or ())
+        orchestrator._slots[EXEMPLAR_SLOT] = IOBTree(dict(enumerate(records or seed_exemplars())))
+    marked = protected_slots(orchestrator)
+    if marked != ALL and EXEMPLAR_SLOT not in marked:
+        mark_kernel(orchestrator, (*marked, EXEMPLAR_SLOT))
 
 
 def add_exemplar(root, text: str, archetype: str, limit: int) -> int | None:
@@ -114,4 +118,4 @@ def exemplars_of(root) -> list[Exemplar]:
     return found
 
 
-EXEMPLARS = Furnishing("router_exemplars", 2, install_exemplars)
+EXEMPLARS = Furnishing("router_exemplars", 3, install_exemplars)
