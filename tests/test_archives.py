@@ -159,3 +159,40 @@ def test_a_member_name_the_reader_sends_is_checked_again(tmp_path, name, folder)
         member_path(tmp_path, name, folder)
     assert member_path(tmp_path, "./", True) == tmp_path
     assert member_path(tmp_path, "./a/b.txt", False) == tmp_path / "a" / "b.txt"
+
+
+def make_pax(path, members):
+    """A PAX tar of (name, bytes) files and (name, None) folders: long names kept whole."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("members", [
+    [("a/" * 1200 + "f", b"deep")],  # made whole, mkdir would recurse past Python's limit
+    [("a/" * 60, None), ("a/" * 120, None), ("a/" * 1150, None), ("a", b"a file where the folder is")],
+])
+def test_a_member_nested_too_deep_is_refused_and_leaves_nothing(tmp_path, members):
+    archive = make_pax(tmp_path / "deep.tar", members)
+    with pytest.raises(UnsafeArchiveError, match="deeper"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_destination_that_cannot_be_made_leaves_nothing_behind(tmp_path):
+    import glob
+    import tempfile
+
+    archive = make_pax(tmp_path / "ok.tar", [("a", b"x")])
+    (tmp_path / "plain").write_text("not a folder")
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "batos-unpack-*")))
+    with pytest.raises(OSError):
+        safe_extract(archive, tmp_path / "plain" / "dest")
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "batos-unpack-*"))) == before

@@ -21,6 +21,8 @@ from pathlib import Path, PurePosixPath
 from batos.errors import BatosError
 
 MAX_MEMBERS = 10_000
+MAX_DEPTH = 64  # folders in a member's path
+MAX_NAME_CHARS = 4096
 MAX_TOTAL_BYTES = 16 * 1024**3
 MAX_RATIO = 100  # unpacked bytes per archive byte; model weights compress far less than this
 RATIO_FLOOR_BYTES = 64 * 1024**2  # small archives may always unpack to this much
@@ -40,6 +42,8 @@ class UnsafeArchiveError(BatosError, ValueError):
 
 
 def check_name(name: str) -> None:
+    if len(name) > MAX_NAME_CHARS or name.replace("\\", "/").count("/") > MAX_DEPTH:
+        raise UnsafeArchiveError(f"member {name[:80]!r}... is nested deeper or named longer than allowed")
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         raise UnsafeArchiveError(f"member {name!r} has an absolute path")

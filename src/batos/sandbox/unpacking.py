@@ -3,9 +3,9 @@
 :func:`safe_extract` starts :mod:`batos.sandbox.unpack_child` for one archive, hands it the
 archive as an open file and writes what it sends into a new folder, after checking each member's
 name again (:mod:`batos.image.archives`), counting members and bytes, and keeping every path inside
-the folder. Only folders and regular files are made. The reader has a memory and CPU budget and
-must send something at least every ``FRAME_SECONDS``; whatever goes wrong, the folder is removed
-and nothing is left.
+the folder. Only folders and regular files are made. The reader has a memory and CPU budget, must
+send something at least every ``FRAME_SECONDS`` and finish within ``READER_SECONDS``; whatever
+goes wrong, the folder is removed and nothing is left.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from batos.sandbox.channel import Channel, ChannelError, ChannelTimeout
 from batos.sandbox.confine import SANDBOX_UID
 
 FRAME_SECONDS = 60.0
+READER_SECONDS = 3600.0  # an archive of the largest size allowed unpacks in minutes
 READER_MEMORY_BYTES = 1024**3
 READER_CPU_SECONDS = 1800
 MAX_FRAME = 2 * 1024**2  # a data frame carries at most a mebibyte
@@ -40,20 +41,20 @@ def safe_extract(archive_path: str | os.PathLike, destination: str | os.PathLike
         raise FileExistsError(f"{destination} already exists")
     archive_path = Path(archive_path)
     max_bytes = size_limit(archive_path, max_bytes)
-    archive_fd = os.open(archive_path, os.O_RDONLY | os.O_CLOEXEC)
-    folder = tempfile.mkdtemp(prefix="batos-unpack-")
-    limits = {"archive_fd": archive_fd, "max_frame": MAX_FRAME, "memory_bytes": READER_MEMORY_BYTES,
-              "cpu_seconds": READER_CPU_SECONDS, "uid": SANDBOX_UID, "max_members": max_members, "max_bytes": max_bytes}
+    destination.mkdir(parents=True)  # FileExistsError should it have appeared meanwhile: nothing to undo
+    archive_fd, folder, reader = -1, None, None
     try:
+        archive_fd = os.open(archive_path, os.O_RDONLY | os.O_CLOEXEC)
+        folder = tempfile.mkdtemp(prefix="batos-unpack-")
+        limits = {"archive_fd": archive_fd, "max_frame": MAX_FRAME, "memory_bytes": READER_MEMORY_BYTES,
+                  "cpu_seconds": READER_CPU_SECONDS, "uid": SANDBOX_UID, "max_members": max_members,
+                  "max_bytes": max_bytes}
         reader = subprocess.Popen([sys.executable, "-I", "-m", "batos.sandbox.unpack_child", json.dumps(limits)],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                   pass_fds=(archive_fd,), cwd=folder, env={}, start_new_session=True)
-    finally:
         os.close(archive_fd)
-    channel = Channel(reader.stdout.fileno(), -1, MAX_FRAME)
-    destination.mkdir(parents=True)
-    try:
-        _write_members(channel, destination, max_members, max_bytes)
+        archive_fd = -1
+        _write_members(Channel(reader.stdout.fileno(), -1, MAX_FRAME), destination, max_members, max_bytes)
     except UnsafeArchiveError as exc:
         shutil.rmtree(destination, ignore_errors=True)
         raise UnsafeArchiveError(f"{archive_path.name}: {exc}") from None
@@ -61,20 +62,26 @@ def safe_extract(archive_path: str | os.PathLike, destination: str | os.PathLike
         shutil.rmtree(destination, ignore_errors=True)
         raise
     finally:
-        _stop(reader)
-        shutil.rmtree(folder, ignore_errors=True)
+        if archive_fd >= 0:
+            os.close(archive_fd)
+        if reader is not None:
+            _stop(reader)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     return destination
 
 
 def _write_members(channel: Channel, destination: Path, max_members: int, max_bytes: int) -> None:
     count = written = 0
     sink: BinaryIO | None = None
+    finish_by = time.monotonic() + READER_SECONDS
     try:
         while True:
             try:
-                frame = channel.receive(time.monotonic() + FRAME_SECONDS)
+                frame = channel.receive(min(time.monotonic() + FRAME_SECONDS, finish_by))
             except ChannelTimeout:
-                raise UnsafeArchiveError(f"the archive reader sent nothing for {FRAME_SECONDS:g} s") from None
+                raise UnsafeArchiveError(f"the archive reader sent nothing for {FRAME_SECONDS:g} s, "
+                                         f"or took more than {READER_SECONDS:g} s in all") from None
             except ChannelError as exc:
                 raise UnsafeArchiveError(f"the archive reader failed ({exc})") from None
             kind = frame.get("t") if isinstance(frame, dict) else None
