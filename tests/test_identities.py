@@ -446,3 +446,26 @@ def test_joining_another_users_cycle_tells_its_outcome_not_their_examples(tmp_pa
     finally:
         ScriptedModel.delay = 0.0
         srv.stop()
+
+
+def test_a_users_lexical_scores_do_not_depend_on_other_users_documents(tmp_path):
+    """BM25 counts only the chunks the asker may see: alice cannot tell from her scores that bob's
+    memory holds one of her words."""
+    keys = Keys()
+    srv = KeyedServer(tmp_path / "image.fs", keys=keys, env=keys.env(tmp_path / "clients")).start()
+    hers, his = tmp_path / "alice.md", tmp_path / "bob.md"
+    hers.write_text("# Plans\n\nThe zeppelin and the walrus.\n")
+    his.write_text("# Secret\n\nBob's private zeppelin note.\n")
+    try:
+        def scores() -> list[float]:
+            with keys.client(srv, keys.alice, timeout=120) as alice:
+                return [alice.memory_search(word, k=1, mode=mode)[0]["score"]
+                        for word in ("zeppelin", "walrus") for mode in ("lexical", "hybrid")]
+        with keys.client(srv, keys.alice, timeout=120) as alice:
+            alice.memory_ingest([hers])
+        before = scores()
+        with keys.client(srv, keys.bob, timeout=120) as bob:
+            bob.memory_ingest([his])
+        assert scores() == before and before[0] == before[2]
+    finally:
+        srv.stop()

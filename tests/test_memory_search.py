@@ -90,3 +90,28 @@ def test_a_search_limited_to_some_chunks_finds_them_in_the_graph_as_exactly():
     assert len(by_exact) == 4 and {i for i, _ in by_exact} <= set(only.tolist())
     assert [i for i, _ in by_graph] == [i for i, _ in by_exact]
     assert exact.search(query, 4, np.zeros(0, dtype=np.int64)) == []
+
+
+def test_scores_among_some_chunks_are_bm25_as_if_they_were_the_whole_index():
+    """Limited to every chunk, the scores are OkapiIndex's own; limited to one document's chunks,
+    they are what a catalog holding that document alone gives."""
+    rng = np.random.default_rng(2)
+    vocabulary = [f"w{n}" for n in range(30)]
+    texts = {name: [" ".join(rng.choice(vocabulary, size=rng.integers(5, 30))) for _ in range(200)]
+             for name in ("/mine.md", "/theirs.md")}
+    both, alone = Catalog(), Catalog()
+    for catalog, names in ((both, ("/mine.md", "/theirs.md")), (alone, ("/mine.md",))):
+        for name in names:
+            catalog.add(name, name, "markdown", 1, [Chunk(t, "", 0, "prose") for t in texts[name]],
+                        np.zeros((200, 384), dtype=np.float32))
+    everything = np.unique(np.fromiter(both.chunks.keys(), dtype=np.int64))
+    mine = np.sort(np.asarray(both.documents["/mine.md"].chunk_ids, dtype=np.int64))
+    for query in ("w1 w2", "w0 w5 w9", "w3"):
+        for every_word in (True, False):
+            plain = dict(both.lexical_search(query, 1000, every_word))
+            among_all = dict(both.lexical_search(query, 1000, every_word, only=everything))
+            assert plain and set(plain) == set(among_all)
+            assert all(abs(plain[c] - among_all[c]) < 1e-4 * max(1.0, plain[c]) for c in plain)
+            among_mine = sorted(s for _, s in both.lexical_search(query, 1000, every_word, only=mine))
+            by_itself = sorted(s for _, s in alone.lexical_search(query, 1000, every_word))
+            assert np.allclose(among_mine, by_itself, rtol=1e-4)

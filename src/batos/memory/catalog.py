@@ -138,18 +138,18 @@ class Catalog(persistent.Persistent):
                        only: np.ndarray | None = None) -> list[tuple[int, float]]:
         """Chunk ids by BM25 score: the chunks holding any of the query's words, or with
         ``every_word`` only those holding all of them (stop words aside; a word no chunk holds
-        then leaves nothing); with ``only`` (chunk ids), only those among them."""
+        then leaves nothing); with ``only`` (chunk ids), only those among them, scored with the
+        statistics of those chunks alone (so what others' chunks hold changes no score)."""
         words = set(_SPLITTER.process([query]))
-        if every_word:
+        if only is not None:
+            ids, scores = _bm25_among(self.lexical, words, every_word, only)
+        elif every_word:
             ids, scores = _bm25_of_chunks_holding_all(self.lexical, words)
         else:
             found = [(hits, 1) for hits in map(self.lexical.search, words) if hits]
             merged = mass_weightedUnion(found) if found else {}
             ids = np.fromiter(merged.keys(), dtype=np.int64, count=len(merged))
             scores = np.fromiter(merged.values(), dtype=np.float32, count=len(merged))
-        if only is not None:
-            kept = np.isin(ids, only)
-            ids, scores = ids[kept], scores[kept]
         limit = min(limit, len(ids))
         if limit <= 0:
             return []
@@ -198,6 +198,46 @@ def _bm25_of_chunks_holding_all(index: OkapiIndex, words: Iterable[str]) -> tupl
         frequency = np.fromiter((posting[i] for i in common), dtype=np.float64, count=len(ids))
         scores += (frequency * (index.K1 + 1.0) / (frequency + index.K1 * length_weight)
                    * inverse_doc_frequency(chunks_holding, count))
+    return ids, scores.astype(np.float32)
+
+
+def _bm25_among(index: OkapiIndex, words: Iterable[str], every_word: bool,
+                only: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Okapi BM25 (OkapiIndex's formula and constants) of the chunks ``only`` that hold every one
+    of ``words`` (``every_word``) or any of them, as if ``only`` were the whole index: their count,
+    their average length and how many of them hold each word."""
+    nothing = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    wids = {wid for word in words for wid in index._lexicon.termToWordIds(word)}
+    per_word = []
+    for wid in wids:
+        posting = index._wordinfo.get(wid) if wid else None
+        docs = np.fromiter(posting.keys(), dtype=np.int64) if posting else np.zeros(0, dtype=np.int64)
+        frequencies = np.fromiter(posting.values(), dtype=np.float64) if posting else np.zeros(0)
+        kept = np.isin(docs, only)
+        docs, frequencies = docs[kept], frequencies[kept]
+        if not len(docs):
+            if every_word:
+                return nothing
+            continue
+        order = np.argsort(docs)
+        per_word.append((docs[order], frequencies[order]))
+    if not per_word or (every_word and len(per_word) < len(wids)):
+        return nothing
+    ids = per_word[0][0]
+    for docs, _ in per_word[1:]:
+        ids = np.intersect1d(ids, docs) if every_word else np.union1d(ids, docs)
+    if not len(ids):
+        return nothing
+    all_lengths = np.fromiter((index._docweight.get(int(i), 0) for i in only), dtype=np.float64, count=len(only))
+    average = max(float(all_lengths.mean()), 1.0)
+    lengths = np.fromiter((index._docweight.get(int(i), 0) for i in ids), dtype=np.float64, count=len(ids))
+    length_weight = (1.0 - index.B) + index.B * lengths / average
+    scores = np.zeros(len(ids))
+    for docs, frequencies in per_word:
+        at = np.minimum(np.searchsorted(docs, ids), len(docs) - 1)
+        frequency = np.where(docs[at] == ids, frequencies[at], 0.0)
+        scores += (frequency * (index.K1 + 1.0) / (frequency + index.K1 * length_weight)
+                   * inverse_doc_frequency(len(docs), float(len(only))))
     return ids, scores.astype(np.float32)
 
 
