@@ -24,6 +24,7 @@ from batos.llm.embeddings import DIMENSIONS
 
 RRF_K = 60
 EXACT_LIMIT = 250_000
+SMALL_GRAPH_ROWS = 10_000
 CANDIDATES = 50  # from each side, before fusion
 
 
@@ -53,7 +54,9 @@ class VectorIndex:
         from usearch.index import Index
 
         graph = Index(ndim=self._vectors.shape[1], metric="ip", dtype="f32", expansion_search=128)
-        graph.add(np.arange(len(self._ids)), self._vectors)
+        # Inserted by several threads at once, a graph of a few dozen rows can leave a row out of
+        # its closest neighbours' links (seen once in a loaded test run); a small one is built by one.
+        graph.add(np.arange(len(self._ids)), self._vectors, threads=1 if len(self._ids) < SMALL_GRAPH_ROWS else 0)
         return graph
 
     @property
