@@ -110,12 +110,12 @@ class MemoryService:
         whose source starts with ``excluding`` (when given), and, when ``allowed`` is given, only
         those for which ``allowed(source, the document's owner)`` holds (whose memory the asker
         may draw on)."""
-        def wanted(source: str, owner: str | None) -> bool:
+        def wanted(source: str) -> bool:
             return (source.startswith(TURN_PREFIX) == (part == "turns")
-                    and not (excluding and source.startswith(excluding))
-                    and (allowed is None or allowed(source, owner)))
-        hits, similarity = self._ranked(question, RECALL_POOL, "hybrid", only=self._chunks_of(wanted))
-        return [h for h in hits if similarity.get(h["chunk"], 0.0) >= MIN_RECALL_SIMILARITY][:k]
+                    and not (excluding and source.startswith(excluding)))
+        only = self._chunks_of(allowed) if allowed is not None else None
+        hits, similarity = self._ranked(question, RECALL_POOL, "hybrid", only=only)
+        return [h for h in hits if wanted(h["source"]) and similarity.get(h["chunk"], 0.0) >= MIN_RECALL_SIMILARITY][:k]
 
     def _record(self, source: str, digest: str, kind: str, size: int, text: str, progress: Progress | None) -> int:
         """Chunk (here: the kernel's own text, in linear time), embed and store one document."""
@@ -154,14 +154,19 @@ class MemoryService:
         only = self._chunks_of(lambda source, owner: principal.may_see(owner))
         return self._ranked(query, k, mode, diverse, only)[0]
 
-    def _chunks_of(self, wanted: Callable[[str, str | None], bool]) -> np.ndarray:
+    def _chunks_of(self, wanted: Callable[[str, str | None], bool]) -> np.ndarray | None:
         """The sorted chunk ids of the documents for which ``wanted(source, owner)`` holds: what a
         ranking is limited to before it takes its top hits (so others' documents cannot crowd
-        out the ones wanted)."""
-        def collect(catalog: Catalog) -> np.ndarray:
-            ids = [chunk for source, document in catalog.documents.items() if wanted(source, owner_of(document))
-                   for chunk in document.chunk_ids]
-            return np.unique(np.asarray(ids, dtype=np.int64))
+        out the ones wanted); None when that is every document (the unrestricted ranking is the
+        same, and cheaper)."""
+        def collect(catalog: Catalog) -> np.ndarray | None:
+            ids, everything = [], True
+            for source, document in catalog.documents.items():
+                if wanted(source, owner_of(document)):
+                    ids.extend(document.chunk_ids)
+                else:
+                    everything = False
+            return None if everything else np.unique(np.asarray(ids, dtype=np.int64))
         return self._read(collect)
 
     def show(self, chunk_id: int, principal: Principal = OWNER) -> dict:
