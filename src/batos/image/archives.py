@@ -51,7 +51,7 @@ def check_name(name: str) -> None:
         raise UnsafeArchiveError(f"member {name!r} climbs out of the target with '..'")
 
 
-def check_totals(count: int, total: int, max_members: int, max_bytes: int) -> None:
+def _check_totals(count: int, total: int, max_members: int, max_bytes: int) -> None:
     if count > max_members:
         raise UnsafeArchiveError(f"the archive has {count} members; at most {max_members} are allowed")
     if total > max_bytes:
@@ -60,7 +60,7 @@ def check_totals(count: int, total: int, max_members: int, max_bytes: int) -> No
 
 def check_tar(archive: tarfile.TarFile, max_members: int, max_bytes: int) -> None:
     members = archive.getmembers()
-    check_totals(len(members), sum(m.size for m in members if m.isfile()), max_members, max_bytes)
+    _check_totals(len(members), sum(m.size for m in members if m.isfile()), max_members, max_bytes)
     for member in members:
         check_name(member.name)
         if member.isdev() or member.isfifo():
@@ -73,7 +73,7 @@ def check_tar(archive: tarfile.TarFile, max_members: int, max_bytes: int) -> Non
 
 def check_zip(archive: zipfile.ZipFile, max_members: int, max_bytes: int) -> None:
     infos = archive.infolist()
-    check_totals(len(infos), sum(i.file_size for i in infos), max_members, max_bytes)
+    _check_totals(len(infos), sum(i.file_size for i in infos), max_members, max_bytes)
     for info in infos:
         check_name(info.filename)
         mode = info.external_attr >> 16

@@ -98,7 +98,7 @@ def record_outside_writes(root: Any, selector: str, receiver: UvmObject, writes:
     ledger = root.get(OUTSIDE_WRITES_KEY)
     if not isinstance(ledger, IOBTree):
         ledger = root[OUTSIDE_WRITES_KEY] = IOBTree()
-    number = ledger.maxKey() + 1 if len(ledger) else 0
+    number = ledger.maxKey() + 1 if ledger else 0  # a BTree's len() walks every bucket
     common = {"time": time.time(), "method": selector, "receiver": oid_text(receiver), "by": principal.name}
     for target, slot in writes:
         ledger[number] = {**common, "target": oid_text(target), "slot": slot}
@@ -113,6 +113,6 @@ def record_outside_writes(root: Any, selector: str, receiver: UvmObject, writes:
 def outside_writes(root: Any) -> tuple[int, list[dict]]:
     """How many records :func:`record_outside_writes` ever made, and those kept, oldest first."""
     ledger = root.get(OUTSIDE_WRITES_KEY)
-    if not isinstance(ledger, IOBTree) or not len(ledger):
+    if not isinstance(ledger, IOBTree) or not ledger:
         return 0, []
     return ledger.maxKey() + 1, list(ledger.values())
