@@ -196,27 +196,37 @@ class Session:
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
-    """A cache holding the default model as the GGUF file llama.cpp serves (a few seconds)."""
-    from batos.llm.default_model import GGUF_FORM, default_model_folder
+    """A cache holding the small model as the GGUF file llama.cpp serves (a few seconds). Tests
+    that check plumbing run on it (``llm_env`` says BATOS_DEFAULT_MODEL=small)."""
+    from batos.llm.default_model import GGUF_FORM, SMALL, default_model_folder
 
     cache = tmp_path_factory.mktemp("model-cache")
-    default_model_folder(cache, GGUF_FORM)
+    default_model_folder(cache, GGUF_FORM, model=SMALL)
     return cache
 
 
 @pytest.fixture(scope="session")
-def gguf_model_file(model_cache) -> Path:
-    from batos.llm.default_model import GGUF_FORM, GGUF_NAME, default_model_folder
+def standard_model_cache(model_cache) -> Path:
+    """The same cache, also holding the standard model's GGUF file (for tests of answer quality)."""
+    from batos.llm.default_model import GGUF_FORM, STANDARD, default_model_folder
 
-    return default_model_folder(model_cache, GGUF_FORM) / GGUF_NAME
+    default_model_folder(model_cache, GGUF_FORM, model=STANDARD)
+    return model_cache
+
+
+@pytest.fixture(scope="session")
+def gguf_model_file(model_cache) -> Path:
+    from batos.llm.default_model import GGUF_FORM, GGUF_NAME, SMALL, default_model_folder
+
+    return default_model_folder(model_cache, GGUF_FORM, model=SMALL) / GGUF_NAME
 
 
 @pytest.fixture(scope="session")
 def plain_model_folder(model_cache) -> Path:
-    """The default model dequantized to a bfloat16 folder for transformers (~1 minute, once)."""
-    from batos.llm.default_model import default_model_folder
+    """The small model dequantized to a bfloat16 folder for transformers (~1 minute, once)."""
+    from batos.llm.default_model import SMALL, default_model_folder
 
-    return default_model_folder(model_cache, "bfloat16")
+    return default_model_folder(model_cache, "bfloat16", model=SMALL)
 
 
 @pytest.fixture(scope="session")
@@ -240,7 +250,7 @@ def adapters(tmp_path_factory, plain_model_folder) -> Path:
 
 
 def llm_env(model_cache: Path, **extra: str) -> dict[str, str]:
-    return {"BATOS_LLM": "embedded", "BATOS_MODEL_CACHE": str(model_cache), **extra}
+    return {"BATOS_LLM": "embedded", "BATOS_MODEL_CACHE": str(model_cache), "BATOS_DEFAULT_MODEL": "small", **extra}
 
 
 # --- a scripted (test-only) OpenAI-compatible model server, for cycles through a real UVM --------

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from batos.client import RemoteError
 from batos.image import open_image
 from batos.image.blobs import import_folder, verify_bundle
 from batos.llm.core import CognitiveCore
@@ -290,6 +291,12 @@ def test_experts_and_models_through_the_bridge(adapters, model_cache, gguf_model
         assert json.loads(copy.stdout)["files"] == 1  # the GGUF file as it is, not a dequantized folder
         listed = json.loads(run_cli("model", "list", *e).stdout)
         assert {m["name"] for m in listed["models"]} == {listed["active"], "copy"}
+        assert {m["name"]: m["source"] for m in listed["models"]}["copy"] == "upload of model.gguf"  # not a spool path
+        with srv.client() as c:
+            for hostile in ("../model.gguf", "a\nb.gguf", "x" * 300):
+                with pytest.raises(RemoteError) as refused:
+                    c.call("model_import", upload_id="none", filename=hostile)
+                assert refused.value.code == "bad_request"
         used = run_cli("model", "use", "copy", *e, "--timeout", "300")
         assert used.returncode == 0, used.stderr
         again = run_cli("send", "pLLM_obj", "infer_", "Name three colours.", "--kw", "max_new_tokens=12", *e)

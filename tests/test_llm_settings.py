@@ -72,11 +72,11 @@ from pathlib import Path
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 import batos.llm.default_model as d
 
-def assemble(destination, progress=None):
+def assemble(model, destination, progress=None):
     destination.write_bytes(b"gguf")
     return destination
 
-def convert(gguf, destination, dtype, progress=None):
+def convert(gguf, destination, dtype, progress=None, source_sha256=None):
     time.sleep(1.5)  # long enough for the other process to arrive and wait
     destination.mkdir()
     (destination / "batos_source.json").write_text("{}")
@@ -100,5 +100,5 @@ def test_one_process_converts_the_default_model_while_the_others_wait(tmp_path):
     outputs = [run.communicate(timeout=60) for run in runs]
     assert all(run.returncode == 0 for run in runs), outputs
     assert len({out.strip() for out, _ in outputs}) == 1
-    assert sum("default model converted" in err for _, err in outputs) == 1
+    assert sum("standard model is ready in" in err for _, err in outputs) == 1
     assert [p.name for p in cache.iterdir() if p.name.startswith(".convert-")] == []

@@ -6,6 +6,8 @@ import json
 import statistics
 from pathlib import Path
 
+import time
+
 import pytest
 
 from batos.client import RemoteError
@@ -64,6 +66,24 @@ def test_an_exemplar_taught_at_run_time_changes_a_route(image_path):
             with pytest.raises(RemoteError) as caught:
                 c.route("  ")
             assert caught.value.code == "bad_request"
+    finally:
+        srv.stop()
+
+
+def test_the_router_is_warm_before_the_first_route(image_path):
+    """Loaded at start, off the event loop: the first route embeds only its own question."""
+    srv = Server(image_path).start()
+    try:
+        with srv.client(timeout=60) as c:
+            deadline = time.monotonic() + 60
+            while not (c.stats()["router"] or {}).get("exemplars_embedded") and time.monotonic() < deadline:
+                assert c.ping()  # the bridge answers while the embedder loads
+                time.sleep(0.1)
+            before = c.stats()
+            assert before["embeddings"]["loaded"] and before["router"]["exemplars_embedded"] > 0
+            c.route("How do I rotate the logs of a busy web server?")
+            after = c.stats()["embeddings"]
+            assert after["sentences"] - before["embeddings"]["sentences"] == 1
     finally:
         srv.stop()
 

@@ -404,7 +404,8 @@ def cmd_model(client: Client, args) -> Any:
     with uploadable(args.path) as path:
         upload_id = client.upload(path, on_progress=lambda done, total: show_progress(
             {"progress": {"what": f"sending {os.path.basename(args.path)}", "done": done, "total": total}}))
-    return client.call("model_import", on_event=show_progress, upload_id=upload_id, **_name(args))
+    return client.call("model_import", on_event=show_progress, upload_id=upload_id,
+                       filename=os.path.basename(os.path.abspath(args.path)), **_name(args))
 
 
 def cmd_expert(client: Client, args) -> Any:

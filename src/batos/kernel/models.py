@@ -90,8 +90,12 @@ class ModelService:
         if hub:
             with self._forwarding(context.emit):
                 return await asyncio.to_thread(self.core.import_model, hub, fields.get("name"), True)
+        filename = fields.get("filename")
+        if filename is not None and not plain_file_name(filename):
+            raise BadRequest("filename must be a file's own name: no folders, no control characters, "
+                             "at most 255 characters")
         with self._consuming(upload, context) as path, self._forwarding(context.emit):
-            return await asyncio.to_thread(self.core.import_model, path, fields.get("name"), False)
+            return await asyncio.to_thread(self.core.import_model, path, fields.get("name"), False, filename)
 
     @contextlib.contextmanager
     def _consuming(self, upload_id: str, context: Context) -> Iterator[Any]:
@@ -117,3 +121,9 @@ class ModelService:
             yield forward
         finally:
             self.core.remove_listener(forward)
+
+
+def plain_file_name(name: str) -> bool:
+    """Whether ``name`` is a file's own name, fit to show: no folder part, no control characters."""
+    return (0 < len(name) <= 255 and name not in (".", "..") and "/" not in name and "\\" not in name
+            and name.isprintable())

@@ -419,10 +419,16 @@ class UVM:
         return archetype_in(self.core.generate(tie_break_prompt(question), max_new_tokens=4, timeout=0).text)
 
     def _load_embeddings(self) -> None:
+        """Load the embedder and warm the router at start, off the event loop: the first route
+        answers as fast as later ones."""
         try:
             self.embedder.load()
+            if self.router is not None:
+                self.router.warm()
         except EmbeddingsUnavailable as exc:
             log.error("routing and the quality gate need the embedding model: %s", exc)
+        except Exception:
+            log.exception("warming the router failed; the first route will embed the exemplars")
 
     def _side_folder(self, kind: str) -> str:
         """``IMAGE.fs.KIND/`` beside a file image; a temporary folder for other storages."""
@@ -451,4 +457,5 @@ class UVM:
             "llm": self.core.stats() if self.core else {"state": "off"},
             "sandbox": self.sandbox.stats(),
             "embeddings": self.embedder.stats(),
+            "router": self.router.stats() if self.router is not None else None,
         }

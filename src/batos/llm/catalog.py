@@ -26,12 +26,18 @@ def active_model(pllm: UvmObject) -> str | None:
     return name if name is not None and name in pllm.model_bundles else None
 
 
+def active_model_chosen(pllm: UvmObject) -> bool:
+    """Whether a person chose the active model (``model use``), rather than it being the shipped default."""
+    return bool(pllm._slots.get("active_model_chosen", False))
+
+
 def add_bundle(pllm: UvmObject, bundle: ModelBundle, activate: bool = False) -> None:
+    """Keep ``bundle``; with ``activate``, it becomes the active model as the shipped default."""
     if bundle.name in pllm.model_bundles and not activate:
         raise BundleError(f"a model named {bundle.name!r} exists already; choose another name")
     pllm.model_bundles[bundle.name] = bundle
     if activate:
-        pllm.active_model = bundle.name
+        set_active(pllm, bundle.name)
 
 
 def require_absent(pllm: UvmObject, name: str) -> None:
@@ -39,23 +45,28 @@ def require_absent(pllm: UvmObject, name: str) -> None:
         raise BundleError(f"a model named {name!r} exists already; choose another name")
 
 
-def activate(pllm: UvmObject, name: str) -> str | None:
-    """Make ``name`` the active model (its files verified first); the previous active name."""
+def activate(pllm: UvmObject, name: str) -> tuple[str | None, bool]:
+    """Make ``name`` the active model, as a person's choice (its files verified first); the previous
+    active name and whether it was chosen."""
     if name not in pllm.model_bundles:
         raise NotFound(f"no model named {name!r} (known: {', '.join(pllm.model_bundles.keys()) or 'none'})")
     problems = verify_bundle(pllm.model_bundles[name])
     if problems:
         raise BundleError(f"model {name!r} is damaged: {'; '.join(problems)}")
-    previous, pllm.active_model = pllm.active_model, name
+    previous = pllm.active_model, active_model_chosen(pllm)
+    set_active(pllm, name, chosen=True)
     return previous
 
 
-def set_active(pllm: UvmObject, name: str | None) -> None:
+def set_active(pllm: UvmObject, name: str | None, chosen: bool = False) -> None:
     pllm.active_model = name
+    if chosen != active_model_chosen(pllm):
+        pllm.active_model_chosen = chosen
 
 
 def listing(pllm: UvmObject) -> dict[str, Any]:
-    return {"active": pllm.active_model, "models": [bundle.summary() for bundle in pllm.model_bundles.values()]}
+    return {"active": pllm.active_model, "chosen": active_model_chosen(pllm),
+            "models": [bundle.summary() for bundle in pllm.model_bundles.values()]}
 
 
 def link_bundle(pllm: UvmObject, name: str, folder: str | os.PathLike) -> None:

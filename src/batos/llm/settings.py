@@ -15,6 +15,7 @@ ENGINES = ("auto", "llama.cpp", "transformers")
 
 @dataclass
 class LLMSettings:
+    default_model: str = "standard"  # the shipped model an image runs unless a person chose one: standard | small
     engine: str = "auto"  # auto: llama.cpp for GGUF models (the default model is one), transformers for the rest
     model_dtype: str = "bfloat16"
     model_max_memory: str = ""  # e.g. "cpu=6GiB" or "0=10GiB,cpu=20GiB"
@@ -65,6 +66,9 @@ class LLMSettings:
         return f"one per core this process may use ({len(os.sched_getaffinity(0))})"
 
     def validate(self) -> None:
+        from batos.llm.default_model import shipped_model
+
+        shipped_model(self.default_model)
         if self.engine not in ENGINES:
             raise ConfigurationError(f"BATOS_ENGINE must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         for name, least in (("context_size", 1), ("parallel_sequences", 1), ("batch_tokens", 16)):

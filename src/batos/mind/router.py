@@ -98,6 +98,14 @@ class Router:
                 "scores": {a: round(s, 4) for a, s in scores.items()}, "decided_by": decided_by,
                 "depth": depth_of(question)}
 
+    def stats(self) -> dict:
+        return {"exemplars_embedded": len(self._vectors), "model_calls": self.model_calls}
+
+    def warm(self) -> None:
+        """Embed the exemplars and a first query now, so that the first route costs what later ones do."""
+        self._embed_new([e.text for e in self.exemplars()])
+        self.embedder.encode_query("warming up")
+
     def _embed_new(self, texts: list[str]) -> None:
         new = [t for t in dict.fromkeys(texts) if t not in self._vectors]
         if new:
