@@ -322,3 +322,68 @@ def test_a_revision_samples_several_candidates_and_installs_the_first_that_passe
     assert second["candidates_checked"] == 2  # the repeat of WRONG was skipped, UNSAFE failed, GOOD passed
     assert "self.total + n" in second["final_source"] and cycle(runner, cid)["method"].version == 1
     runner.close()
+
+
+def test_a_slip_of_a_slot_name_is_repaired_without_another_model_call(image):
+    """``self.totl`` where the slot is ``total``: renamed, verified and installed from one answer."""
+    slip = "def add_to_total(self, n):\n    self.total = self.totl + n\n    self._p_changed = True\n    return self.total\n"
+    script = Script(slip)
+    runner, cid = start(image, script)
+    assert runner.run(cid) == "COMPLETE" and script.calls == 1
+    assert "self.totl" not in cycle(runner, cid)["method"].source
+    runner.close()
+
+
+def test_a_name_far_from_every_slot_is_not_guessed():
+    from batos.mind.guardian import repair_slot_names
+
+    source = "def mean(self):\n    return sum(self.score) / len(self.score)\n"
+    repaired, renames = repair_slot_names(source, "mean", {"scores", "name"})
+    assert renames == {"score": "scores"} and "self.scores" in repaired
+    assert repair_slot_names("def mean(self):\n    return self.grades\n", "mean", {"scores", "name"}) is None
+    assert repair_slot_names("def mean(self):\n    self.tally = 1\n    return self.tally\n", "mean", {"total"}) is None
+    both = "def f(self):\n    return self.valu\n"  # as close to 'value' as to 'values': not guessed
+    assert repair_slot_names(both, "f", {"value", "values"}) is None
+
+
+@pytest.mark.parametrize("revision, why", [
+    ("def add_to_total(self, n):\n    raise NotImplementedError('Verification: example 1: add_to_total(5)')\n",
+     "only raises"),
+    ("def add_to_total(self, n):\n    return 'example 1: add_to_total(5) on an object whose slots were'\n",
+     "text of the feedback"),
+])
+def test_a_revision_that_pastes_the_feedback_back_is_refused_without_echo(image, revision, why):
+    script = Script(WRONG, revision, GOOD)
+    runner, cid = start(image, script)
+    assert runner.run(cid) == "COMPLETE" and script.calls == 3
+    second = cycle(runner, cid)["attempts"][1]
+    assert why in second["verdict"] and "add_to_total(5)" not in second["verdict"]
+    assert "add_to_total(5)" not in script.prompts[2][-1]["content"]  # the refusal shown to the model echoes nothing
+    runner.close()
+
+
+def test_examples_are_shown_as_calls_and_verdicts_name_only_the_slots_read(image):
+    with in_transaction(image) as root:
+        for i in range(12):
+            setattr(root["counter_obj"], f"unrelated_{i}", i)
+    script = Script(WRONG, GOOD)
+    runner, cid = start(image, script)
+    assert runner.run(cid) == "COMPLETE"
+    prompt = script.prompts[0][-1]["content"]
+    assert "Example: with total=10: add_to_total(5) -> 15; afterwards total is 15" in prompt
+    assert '"slots"' not in prompt and '"result"' not in prompt
+    feedback = script.prompts[1][-1]["content"].split("rejected:")[1]
+    assert "unrelated_" not in feedback and "total" in feedback
+    runner.close()
+
+
+def test_a_revision_must_drop_a_name_the_object_does_not_understand(image):
+    ghost = "def add_to_total(self, n):\n    return self.grades + n\n"
+    ghost_again = "def add_to_total(self, n):\n    return self.grades + n + 0\n"
+    script = Script(ghost, ghost_again, GOOD)
+    runner, cid = start(image, script)
+    assert runner.run(cid) == "COMPLETE" and script.calls == 3
+    first, second = cycle(runner, cid)["attempts"][:2]
+    assert "does not understand 'grades'" in first["verdict"]
+    assert "still reads self.grades" in second["verdict"] and "validation_seconds" not in second
+    runner.close()

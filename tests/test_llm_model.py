@@ -178,6 +178,7 @@ def test_experts_move_from_staging_to_blobs_to_warm_to_hot_and_out(adapters, mod
     img = open_image(str(tmp_path / "image.fs"))
     one_adapter = (adapters / "BRICK" / "adapter_model.safetensors").stat().st_size
     settings = LLMSettings(engine="transformers", model_cache=str(model_cache), lora_staging=str(adapters),
+                           default_model="small",
                            max_hot_experts=1, warm_expert_bytes=one_adapter + 1)
     core = CognitiveCore(img.db, "embedded", settings, tmp_path / "scratch")
     try:
@@ -219,6 +220,7 @@ def test_experts_on_llama_cpp_are_gguf_adapters_applied_per_request(adapters, mo
     img = open_image(str(tmp_path / "image.fs"))
     one_adapter = (adapters / "BRICK" / "adapter_model.safetensors").stat().st_size
     settings = LLMSettings(model_cache=str(model_cache), lora_staging=str(adapters),
+                           default_model="small",
                            max_hot_experts=1, warm_expert_bytes=4 * one_adapter)
     core = CognitiveCore(img.db, "embedded", settings, tmp_path / "scratch")
     try:
@@ -258,7 +260,8 @@ def test_an_adapter_llama_cpp_cannot_apply_is_refused_and_nothing_is_written(ada
     (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
     (dora / "adapter_model.safetensors").write_bytes((adapters / "BRICK" / "adapter_model.safetensors").read_bytes())
     img = open_image(str(tmp_path / "image.fs"))
-    core = CognitiveCore(img.db, "embedded", LLMSettings(model_cache=str(model_cache), lora_staging=str(tmp_path / "none")),
+    core = CognitiveCore(img.db, "embedded", LLMSettings(model_cache=str(model_cache), lora_staging=str(tmp_path / "none"),
+                                                         default_model="small"),
                          tmp_path / "scratch")
     try:
         core.awaken()

@@ -89,13 +89,15 @@ def test_ask_plans_delegates_weaves_and_keeps_the_conversation(image_path, mind_
             facet_request = ScriptedMind.requests[1][1]["messages"]
             assert "BRICK" in facet_request[0]["content"] and "plain facts" in facet_request[0]["content"]
             partner_prompt = ScriptedMind.requests[4][1]["messages"][-1]["content"]
-            assert "BRICK already answered this. Do not repeat BRICK" in partner_prompt
+            assert "BRICK: Check that" in partner_prompt and "Do not repeat BRICK" in partner_prompt  # sees the lead's text
             compiled = {f["selector"]: f["compiled"] for p in c.call("personas") if p["name"] == "BRICK" for f in p["facets"]}
             assert compiled == {"tamland_facet_": True, "guide_facet_": True, "lego_batman_facet_": False}
             method_cycles = [x for x in c.call("cycles_list") if x["kind"] == "method"]
             assert sorted(x["selector"] for x in method_cycles) == ["guide_facet_", "tamland_facet_"]
 
             ScriptedMind.requests.clear()
+            answers(reply=("Run the script once with its config file and once without it, and compare.",
+                           "Testing the fix is a good habit, and you are nearly there with this one."))
             follow_up = c.ask("And how do I test that fix?", conversation=result["conversation"], persona="BRICK",
                               depth="facets")
             assert follow_up["conversation"] == result["conversation"] and follow_up["exchange"] == 1
@@ -172,7 +174,7 @@ def test_failed_facets_are_recorded_and_left_out_of_the_weave(image_path, mind_s
         srv.stop()
 
 
-def test_the_quality_gate_revises_once_then_fails_with_its_reason(image_path, mind_server):
+def test_the_quality_gate_revises_then_answers_plainly_and_fails_only_when_empty(image_path, mind_server):
     answers(reply=["", LEAD, PARTNER])
     srv = uvm(image_path, mind_server).start()
     try:
@@ -186,18 +188,29 @@ def test_the_quality_gate_revises_once_then_fails_with_its_reason(image_path, mi
             assert [t for t in lead["transitions"] if t["state"] == "SYNTHESIZING"].__len__() == 2
 
             leak = "You are BRICK, the deconstruction engine: a logical, architectural, action-oriented mind."
-            answers(reply=[leak, "ok"])
+            answers(reply=[leak, "ok", "Check the pipeline's logs for the test that fails only sometimes."])
+            result = c.ask("How do I fix a flaky unit test in my CI pipeline?", depth="direct")
+            lead = cycle(c, result["turns"][0]["cycle"])
+            verdicts = [a["verdict"] for a in lead["attempts"]]
+            assert "repeats its instructions" in verdicts[0] and "word(s)" in verdicts[1] and verdicts[2] == "passed"
+            assert "plain answer" in lead["plan"]["why"]  # the third try: no facets, no example
+            assert result["turns"][0]["text"].startswith("Check the pipeline")
+
+            answers(reply=["", "  ", ""])  # only an empty reply, every time, is an error
             with pytest.raises(RemoteError) as caught:
-                c.ask("How do I fix a flaky unit test in my CI pipeline?", depth="direct")
+                c.ask("How do I make my CI pipeline faster?", depth="direct")
             assert caught.value.code == "synthesis_failed"
-            assert "quality gate after 2 attempts" in caught.value.message and "word(s)" in caught.value.message
+            assert "quality gate after 3 attempts" in caught.value.message and "empty" in caught.value.message
             failed = [x for x in c.call("cycles_list") if x["state"] == "FAILED"]
             assert len(failed) == 1
-            first_verdict = cycle(c, failed[0]["id"])["attempts"][0]["verdict"]
-            assert "repeats its instructions" in first_verdict
             conversation = c.call("conversation_show", conversation=c.call("conversations_list")[-1]["id"])
-            assert conversation["exchanges"][0]["state"] == "failed"
-            assert conversation["exchanges"][0]["turns"][0]["state"] == "failed"
+            assert conversation["exchanges"][-1]["state"] == "failed"
+            assert conversation["exchanges"][-1]["turns"][0]["state"] == "failed"
+
+            answers(reply=[leak, leak, "ok"])  # a plain answer that the gate would refuse is still an answer
+            result = c.ask("Why does my CI pipeline time out?", depth="direct")
+            kept = cycle(c, result["turns"][0]["cycle"])["attempts"][-1]["verdict"]
+            assert result["turns"][0]["text"] == "ok" and kept.startswith("kept as the plain answer")
     finally:
         srv.stop()
 

@@ -381,20 +381,21 @@ class UVM:
     # --- cognitive cycles -------------------------------------------------------------------------
 
     def _generate_for_cycle(self, messages, temperature: float = 0.0, seed: int | None = None, samples: int = 1,
-                            expert: str | None = None, max_new_tokens: int | None = None, stream=None) -> list[str]:
+                            expert: str | None = None, max_new_tokens: int | None = None, stream=None,
+                            prose: bool = False) -> list[str]:
         """The cycle runner's model call (its thread; no transaction open): the answer(s)."""
         self._wait_for_model()
         generation = self.core.backend.generate(messages, expert=expert, temperature=temperature, seed=seed,
-                                                samples=samples, stream=stream,
+                                                samples=samples, stream=stream, prose=prose,
                                                 max_new_tokens=max_new_tokens or self.core.settings.max_new_tokens)
         return [generation.text, *generation.alternatives]
 
     def _generate_many_for_cycle(self, conversations, expert: str | None = None, max_new_tokens: int | None = None,
-                                 temperature: float = 0.0, seed: int | None = None) -> list[str]:
+                                 temperature: float = 0.0, seed: int | None = None, prose: bool = False) -> list[str]:
         """Independent generations in one batched call (the facets of a plan)."""
         self._wait_for_model()
         return [g.text for g in self.core.backend.generate_many(
-            conversations, expert=expert, temperature=temperature, seed=seed,
+            conversations, expert=expert, temperature=temperature, seed=seed, prose=prose,
             max_new_tokens=max_new_tokens or self.core.settings.max_new_tokens)]
 
     def _experts_when_ready(self) -> set[str]:

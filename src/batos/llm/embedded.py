@@ -24,6 +24,7 @@ from batos.llm.quantization import quantization_config
 from batos.llm.settings import LLMSettings
 
 log = logging.getLogger(__name__)
+PROSE_REPETITION_PENALTY = 1.1  # for answers to a person (transformers' own repetition control)
 
 
 def load_model(folder: str | Path, settings: LLMSettings):
@@ -118,20 +119,22 @@ class EmbeddedBackend:
 
     def generate(self, messages: list[Message], expert: str | None = None, max_new_tokens: int = 256,
                  stop: list[str] | None = None, temperature: float = 0.0, seed: int | None = None,
-                 samples: int = 1, stream: Stream | None = None) -> Generation:
+                 samples: int = 1, stream: Stream | None = None, prose: bool = False) -> Generation:
         """See IBackend.generate."""
         self.waiting += 1
         with self._lock:
             self.waiting -= 1
-            return self._generate(messages, expert, max_new_tokens, stop, temperature, seed, samples, stream)
+            return self._generate(messages, expert, max_new_tokens, stop, temperature, seed, samples, stream, prose)
 
     def generate_many(self, conversations: list[list[Message]], expert: str | None = None,
                       max_new_tokens: int = 256, stop: list[str] | None = None, temperature: float = 0.0,
-                      seed: int | None = None) -> list[Generation]:
+                      seed: int | None = None, prose: bool = False) -> list[Generation]:
         """See IBackend.generate_many: here one conversation after another (no padded batch)."""
-        return [self.generate(messages, expert, max_new_tokens, stop, temperature, seed) for messages in conversations]
+        return [self.generate(messages, expert, max_new_tokens, stop, temperature, seed, prose=prose)
+                for messages in conversations]
 
-    def _generate(self, messages, expert, max_new_tokens, stop, temperature, seed, samples=1, stream=None) -> Generation:
+    def _generate(self, messages, expert, max_new_tokens, stop, temperature, seed, samples=1, stream=None,
+                  prose=False) -> Generation:
         import contextlib
 
         import torch
@@ -153,6 +156,8 @@ class EmbeddedBackend:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if stop:
             options.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        if prose:
+            options["repetition_penalty"] = PROSE_REPETITION_PENALTY
         if seed is not None:
             torch.manual_seed(seed)
         if stream is not None:

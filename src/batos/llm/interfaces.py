@@ -19,13 +19,15 @@ class IBackend(Interface):
     engine = Attribute("what computes: 'llama.cpp', 'transformers' or 'openai'")
 
     def generate(messages, expert=None, max_new_tokens=256, stop=None, temperature=0.0, seed=None, samples=1,
-                 stream=None):
+                 stream=None, prose=False):
         """Return a Generation: the text plus token counts and timings. With ``samples`` > 1 and a
         temperature above 0, that many answers are sampled in one batched call: the first is the
         text, the others are ``alternatives``. ``stream``, if given, is called with pieces of the
-        (first) text as they are generated; joined, they are the text."""
+        (first) text as they are generated; joined, they are the text. With ``prose``, the engine's
+        own repetition controls apply (an answer to a person, not code)."""
 
-    def generate_many(conversations, expert=None, max_new_tokens=256, stop=None, temperature=0.0, seed=None):
+    def generate_many(conversations, expert=None, max_new_tokens=256, stop=None, temperature=0.0, seed=None,
+                      prose=False):
         """One Generation per conversation, in order, each as ``generate`` would have answered it
         alone (greedy answers of the bare model are the same text; under an expert they may differ
         by rounding); independent prompts are generated together where the engine can."""

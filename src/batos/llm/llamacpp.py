@@ -42,6 +42,11 @@ PIECE_BYTES = 256
 # then every token is computed as it would be if its prompt were decoded whole, alone.
 EXACT_CHUNK = 8
 TOP_K, TOP_P = 40, 0.95  # sampling (temperature > 0) only; greedy takes the most likely token
+# Repetition controls for prose (llama.cpp's usual values): a 1.1 penalty over the last 64 tokens,
+# and DRY, which penalizes extending a run already seen (in the last 512 tokens) by more than two tokens.
+PENALTY_LAST_N, REPEAT_PENALTY = 64, 1.1
+DRY_MULTIPLIER, DRY_BASE, DRY_ALLOWED_LENGTH, DRY_LAST_N = 0.8, 1.75, 2, 512
+DRY_BREAKERS = ("\n", ":", "\"", "*")
 
 
 @dataclass
@@ -160,21 +165,22 @@ class LlamaCppBackend:
 
     def generate(self, messages: list[Message], expert: str | None = None, max_new_tokens: int = 256,
                  stop: list[str] | None = None, temperature: float = 0.0, seed: int | None = None,
-                 samples: int = 1, stream: Stream | None = None) -> Generation:
+                 samples: int = 1, stream: Stream | None = None, prose: bool = False) -> Generation:
         """See IBackend.generate."""
         count = max(1, samples) if temperature > 0 else 1
-        answers = self._serve([messages] * count, expert, max_new_tokens, stop, temperature, seed, stream)
+        answers = self._serve([messages] * count, expert, max_new_tokens, stop, temperature, seed, stream, prose)
         first = answers[0]
         return Generation(first.text, first.prompt_tokens, first.completion_tokens, first.seconds, self.name,
                           expert, tuple(a.text for a in answers[1:]))
 
     def generate_many(self, conversations: list[list[Message]], expert: str | None = None,
                       max_new_tokens: int = 256, stop: list[str] | None = None, temperature: float = 0.0,
-                      seed: int | None = None) -> list[Generation]:
+                      seed: int | None = None, prose: bool = False) -> list[Generation]:
         """See IBackend.generate_many."""
-        return self._serve(conversations, expert, max_new_tokens, stop, temperature, seed, None)
+        return self._serve(conversations, expert, max_new_tokens, stop, temperature, seed, None, prose)
 
-    def _serve(self, conversations, expert, max_new_tokens, stop, temperature, seed, stream) -> list[Generation]:
+    def _serve(self, conversations, expert, max_new_tokens, stop, temperature, seed, stream,
+               prose=False) -> list[Generation]:
         if not conversations:
             return []
         self.waiting += 1
@@ -191,7 +197,7 @@ class LlamaCppBackend:
             for start in range(0, len(prompts), self.parallel):
                 group = prompts[start:start + self.parallel]
                 answers.extend(self._decode_group(group, expert, max_new_tokens, list(stop or ()), temperature,
-                                                  seed, stream if start == 0 else None))
+                                                  seed, stream if start == 0 else None, prose))
             self.generations += 1
             return answers
 
@@ -203,10 +209,11 @@ class LlamaCppBackend:
                                "(BATOS_CONTEXT_SIZE)", transient=False)
         return tokens
 
-    def _decode_group(self, prompts, expert, max_new_tokens, stop, temperature, seed, stream) -> list[Generation]:
+    def _decode_group(self, prompts, expert, max_new_tokens, stop, temperature, seed, stream,
+                      prose=False) -> list[Generation]:
         """Answer up to ``parallel`` prompts together; the first one's text goes to ``stream``."""
         started = time.perf_counter()
-        sequences = [self._start(slot, prompt, expert, max_new_tokens, stop, temperature, seed)
+        sequences = [self._start(slot, prompt, expert, max_new_tokens, stop, temperature, seed, prose)
                      for slot, prompt in enumerate(prompts)]
         try:
             while not all(s.done for s in sequences):
@@ -226,7 +233,7 @@ class LlamaCppBackend:
         seconds = time.perf_counter() - started
         return [Generation(s.text, len(s.prompt), len(s.generated), seconds, self.name, expert) for s in sequences]
 
-    def _start(self, slot, prompt, expert, max_new_tokens, stop, temperature, seed) -> _Sequence:
+    def _start(self, slot, prompt, expert, max_new_tokens, stop, temperature, seed, prose=False) -> _Sequence:
         """A sequence in ``slot``, keeping the part of the slot's cache that the prompt begins with."""
         owner, cached = self._cached[slot]
         keep = _common_prefix(cached, prompt) if owner == expert else 0
@@ -239,13 +246,19 @@ class LlamaCppBackend:
         self.prompt_tokens += len(prompt)
         limit = min(max_new_tokens, self.context_size - len(prompt))
         sequence = _Sequence(slot, prompt, limit, stop, pending=prompt[keep:], decoded=prompt[:keep])
-        sequence.sampler = self._sampler(temperature, None if seed is None else seed + slot)
+        sequence.sampler = self._sampler(temperature, None if seed is None else seed + slot, prose)
         return sequence
 
-    def _sampler(self, temperature: float, seed: int | None):
+    def _sampler(self, temperature: float, seed: int | None, prose: bool = False):
+        """The sampler chain: for prose, llama.cpp's own repetition controls first (a mild
+        penalty on recent tokens and the DRY sampler, which stops a reply from running into a
+        loop of one sentence); code is never penalized for repeating ``self.`` and its names."""
         from llama_cpp._internals import LlamaSampler
 
         sampler = LlamaSampler()
+        if prose:
+            sampler.add_penalties(self.model.n_vocab(), PENALTY_LAST_N, REPEAT_PENALTY, 0.0, 0.0)
+            sampler.add_dry(self.model, DRY_MULTIPLIER, DRY_BASE, DRY_ALLOWED_LENGTH, DRY_LAST_N, list(DRY_BREAKERS))
         if temperature <= 0:
             sampler.add_greedy()
         else:

@@ -21,6 +21,8 @@ from batos.llm.generation import BackendError, ConfigurationError, Generation, M
 from batos.llm.interfaces import IBackend
 from batos.llm.settings import LLMSettings
 
+PROSE_FREQUENCY_PENALTY = 0.3  # for answers to a person: the server's own repetition control
+
 
 @implementer(IBackend)
 class OpenAIBackend:
@@ -45,9 +47,9 @@ class OpenAIBackend:
 
     def generate(self, messages: list[Message], expert: str | None = None, max_new_tokens: int = 256,
                  stop: list[str] | None = None, temperature: float = 0.0, seed: int | None = None,
-                 samples: int = 1, stream: Stream | None = None) -> Generation:
+                 samples: int = 1, stream: Stream | None = None, prose: bool = False) -> Generation:
         """See IBackend.generate. The server is asked without streaming: ``stream`` gets the whole
-        text as one piece."""
+        text as one piece; ``prose`` asks it for a frequency penalty."""
         if expert is not None:
             if expert not in self.expert_prompts:
                 raise BackendError(f"no expert named {expert!r} (known: {', '.join(sorted(self.expert_prompts)) or 'none'})", transient=False)
@@ -61,6 +63,8 @@ class OpenAIBackend:
             body["seed"] = seed
         if samples > 1 and temperature > 0:
             body["n"] = samples
+        if prose:
+            body["frequency_penalty"] = PROSE_FREQUENCY_PENALTY
         self.waiting += 1
         with self._lock:
             self.waiting -= 1
@@ -80,9 +84,10 @@ class OpenAIBackend:
 
     def generate_many(self, conversations: list[list[Message]], expert: str | None = None,
                       max_new_tokens: int = 256, stop: list[str] | None = None, temperature: float = 0.0,
-                      seed: int | None = None) -> list[Generation]:
+                      seed: int | None = None, prose: bool = False) -> list[Generation]:
         """See IBackend.generate_many: one request after another (the server batches if it can)."""
-        return [self.generate(messages, expert, max_new_tokens, stop, temperature, seed) for messages in conversations]
+        return [self.generate(messages, expert, max_new_tokens, stop, temperature, seed, prose=prose)
+                for messages in conversations]
 
     def _post(self, path: str, body: dict) -> dict:
         request = urllib.request.Request(

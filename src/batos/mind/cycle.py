@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -66,6 +67,7 @@ from batos.image.protection import mark_kernel
 from batos.image.transactions import read_root, run_in_transaction
 from batos.image.values import ValueTooLarge, to_plain
 from batos.image.genesis import PSM_STATES as STATES  # noqa: F401  (the states, for readers of this module)
+from batos.image.genesis import TRAIT_PRIMITIVES
 from batos.llm.generation import BackendError, Message
 from batos.mind import guardian
 from batos.mind.synthesis import build_messages, extract_function, extraction_problem, sampling
@@ -321,6 +323,8 @@ class CycleRunner:
                 first_problem = first_problem or f"the function is over {self.policy.max_source_bytes} bytes; write a shorter one"
             elif candidate in tried:  # rejected before: no need to validate it again
                 earlier = earlier or next(a for a in attempts if candidate in (a.get("candidate"), *a.get("alternatives", ())))
+            elif (problem := unchanged_by_feedback(candidate, selector, attempts)) is not None:
+                first_problem = first_problem or problem
             elif candidate not in found:
                 found.append(candidate)
         if found:
@@ -391,7 +395,14 @@ class CycleRunner:
         if is_facet(selector):
             return candidate, None  # written by BatOS, not the model; its call runs outside the process
         examples = brief["examples"] or [{"args": brief["args"], "kwargs": brief["kwargs"]}]
-        result = verify(candidate, selector, brief["slots"], examples, seconds=self.policy.verify_seconds,
+        known = {*brief["slots"], *brief.get("methods", ()), *TRAIT_PRIMITIVES,
+                 *(name for example in examples for name in (example.get("slots") or {}))}
+        renamed = guardian.repair_slot_names(candidate, selector, known)
+        if renamed is not None:  # a slip of a slot's name costs no model call either
+            log.info("candidate %s: renamed %s", selector, ", ".join(f"self.{a} -> self.{b}" for a, b in renamed[1].items()))
+            candidate = renamed[0]
+        reads = guardian.self_reads(guardian.the_function(candidate, selector))
+        result = verify(candidate, selector, brief["slots"], examples, seconds=self.policy.verify_seconds, shown_slots=reads,
                         oid=brief["oid"], pool=self.sandbox)
         return candidate, None if result.ok else f"verification: {result.message}"
 
@@ -604,3 +615,29 @@ class CycleRunner:
     def read_cycle(self, cycle_id: str, fn: Callable[[UvmObject], Any]) -> Any:
         """``fn(cycle)`` in a read-only transaction (see ``read``)."""
         return self.read(lambda root: fn(root["active_cycles"][cycle_id]))
+
+
+NOT_UNDERSTOOD = re.compile(r"does not understand '(\w+)'")
+
+
+def unchanged_by_feedback(candidate: str, selector: str, attempts: list[dict]) -> str | None:
+    """Why a revision is refused before it is run, or None: it only raises, it pastes the feedback
+    back, or it still reads a name a verdict said the object does not understand. The reason
+    never quotes the feedback (a model echoes what it is shown)."""
+    if not attempts:
+        return None
+    try:
+        function = guardian.the_function(candidate, selector)
+    except guardian.GuardianError:
+        return None  # the audit says what is wrong with its shape
+    verdicts = [a["verdict"] for a in attempts if a.get("verdict")]
+    if guardian.only_raises(function):
+        return "the method only raises an exception; it must compute and return the result"
+    if guardian.echoes(function, verdicts):
+        return "the method returns or raises the text of the feedback; it must compute the result instead"
+    missing = {name for verdict in verdicts for name in NOT_UNDERSTOOD.findall(verdict)}
+    still = sorted(missing & guardian.self_reads(function))
+    if still:
+        return (f"the method still reads self.{still[0]}, which the object does not have; "
+                "use only the slots listed above")
+    return None

@@ -252,3 +252,67 @@ def repair_covenant(source: str, selector: str) -> str | None:
     else:
         lines.insert(last.end_lineno, indent + COVENANT)
     return "\n".join(lines) + "\n"
+
+
+def self_reads(function: ast.FunctionDef) -> set[str]:
+    """The names read as ``self.<name>`` (slots or methods) anywhere in ``function``."""
+    return {node.attr for node in ast.walk(function)
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load)
+            and isinstance(node.value, ast.Name) and node.value.id == "self"}
+
+
+def repair_slot_names(source: str, selector: str, known: set[str]) -> tuple[str, dict[str, str]] | None:
+    """``source`` with each ``self.<name>`` that names nothing known, but is one small slip away
+    from exactly one known name (``self.score`` where the slot is ``scores``), renamed to it; and
+    what was renamed. None when there is nothing to repair. Names the method assigns itself count
+    as known."""
+    import difflib
+
+    function = the_function(source, selector)
+    assigned = {node.attr for node in ast.walk(function)
+                if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del))}
+    names = known | assigned | {"_p_changed"}
+    renames = {}
+    for unknown in sorted(self_reads(function) - names):
+        close = difflib.get_close_matches(unknown, sorted(names - {"_p_changed"}), n=2, cutoff=0.75)
+        if len(close) == 1 or (len(close) == 2 and _closer(unknown, close[0], close[1])):
+            renames[unknown] = close[0]
+    if not renames:
+        return None
+
+    class Rename(ast.NodeTransformer):
+        def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+            self.generic_visit(node)
+            if isinstance(node.value, ast.Name) and node.value.id == "self" and node.attr in renames:
+                node.attr = renames[node.attr]
+            return node
+
+    tree = ast.Module(body=[Rename().visit(function)], type_ignores=[])
+    return ast.unparse(tree) + "\n", renames
+
+
+def _closer(name: str, first: str, second: str) -> bool:
+    import difflib
+
+    ratio = lambda other: difflib.SequenceMatcher(None, name, other).ratio()  # noqa: E731
+    return ratio(first) - ratio(second) >= 0.1
+
+
+def only_raises(function: ast.FunctionDef) -> bool:
+    """Whether the function does nothing but raise (a docstring aside): it computes no answer."""
+    body = [s for s in function.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    return bool(body) and all(isinstance(s, (ast.Raise, ast.Pass)) for s in body) and any(
+        isinstance(s, ast.Raise) for s in body)
+
+
+def echoes(function: ast.FunctionDef, feedback: list[str], least: int = 24) -> bool:
+    """Whether a string in the function repeats ``least`` or more characters of the feedback
+    it was given (a model that pastes its verdict back instead of fixing the code)."""
+    texts = [node.value for node in ast.walk(function) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+    texts += ["".join(part.value for part in node.values if isinstance(part, ast.Constant) and isinstance(part.value, str))
+              for node in ast.walk(function) if isinstance(node, ast.JoinedStr)]
+    for text in (t for t in texts if len(t) >= least):
+        for said in feedback:
+            if any(text[i:i + least] in said for i in range(0, len(text) - least + 1, 4)):
+                return True
+    return False

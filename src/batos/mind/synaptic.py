@@ -14,7 +14,9 @@ crash, no transaction open across a model call, transient failures retried):
          -> SYNTHESIZING  the reply: woven from the facets' notes in the persona's voice (or
                           direct), streamed to whoever asked.
          -> VALIDATING    the quality gate: not empty, bounded, on topic, no prompt text leaked.
-                          A failure revises once (back to SYNTHESIZING, sampled), then FAILED.
+                          A failure revises once (back to SYNTHESIZING, sampled); a second
+                          failure falls back to a plain answer (no facets, no example), which is
+                          kept unless it is empty: only an empty reply ends in FAILED.
          -> COMPLETE      in the same transaction, the reply becomes the conversation's turn.
 
 An answer cycle's slots, besides the runner's own (cycle_id, synthesis_state*, transitions,
@@ -187,7 +189,7 @@ class SynapticCycle:
                                  {f: v["intent"][:160] for f, v in job["persona"]["facets"].items()}, feedback)
         started = time.perf_counter()
         try:
-            answer = self._generate(messages, job, self.policy.plan_tokens, retry=job["plan_attempts"])
+            answer = self._generate(messages, job, self.policy.plan_tokens, retry=job["plan_attempts"], prose=False)
         except BackendError as exc:
             return self.runner.fail(cycle_id, f"the language model failed while planning: {exc}")
         try:
@@ -243,7 +245,8 @@ class SynapticCycle:
                 self.runner.move(root, cycle, "SYNTHESIZING")
             return self._job(cycle)
         job = self.runner.change(cycle_id, enter)
-        notes = [a for a in job["facet_answers"] if a["text"]]
+        fallback = job["iteration"] > self.policy.max_revisions + 1
+        notes = [] if fallback else [a for a in job["facet_answers"] if a["text"]]
         task = {"lead": None, "partner": PARTNER_TASKS.get(job["persona"]["name"]), "closer": CLOSING_TASK}[job["role"]]
         messages = reply_messages(job["persona"], job["question"], job["context"], job["prior"], notes, task,
                                   revision=job["iteration"] > 1, grounding=job["grounding"])
@@ -270,19 +273,28 @@ class SynapticCycle:
         instructions = [persona_system(job["persona"]), str(example.get("answer", "")), *PARTNER_TASKS.values(), CLOSING_TASK,
                         *(v["intent"] for v in job["persona"]["facets"].values())]
         verdict = self.quality_problem(job["reply"] or "", job["question"], job["prior"], instructions)
+        fallback = job["iteration"] > self.policy.max_revisions + 1
+        if fallback and verdict is not None and (job["reply"] or "").strip():
+            # the plain answer after the revisions is kept even if imperfect: a person asked
+            verdict, kept_despite = None, verdict
+        else:
+            kept_despite = None
 
         def record(root, cycle):
             s = cycle._slots
             attempts = s["attempts"]
-            attempts[-1] = {**attempts[-1], "verdict": verdict or "passed"}
+            attempts[-1] = {**attempts[-1], "verdict": verdict or (f"kept as the plain answer: {kept_despite}"
+                                                                   if kept_despite else "passed")}
             if verdict is None:
                 conversations.complete_turn(s["conversation"], s["turn"], s["reply"],
                                             [a["facet"] for a in s["facet_answers"] if a["text"]],
                                             sources_of(s.get("grounding") or []))
                 return self.runner.move(root, cycle, "COMPLETE")
-            if s["iteration"] > self.policy.max_revisions:
+            if s["iteration"] > self.policy.max_revisions + 1:
                 return self.runner.move(root, cycle, "FAILED",
                                          f"the reply failed the quality gate after {s['iteration']} attempts: {verdict}")
+            if s["iteration"] == self.policy.max_revisions + 1:  # last: a plain answer, without facets
+                s["plan"] = {"direct": True, "why": f"a plain answer after the gate refused {s['iteration']} replies"}
             s["iteration"] += 1
             self.runner.move(root, cycle, "SYNTHESIZING")
         self.runner.change(cycle_id, record)
@@ -329,8 +341,12 @@ class SynapticCycle:
                 "facet_answers": to_plain(s["facet_answers"]), "reply": s["reply"], "iteration": s["iteration"],
                 "attempts": [dict(a) for a in s["attempts"]], "grounding": to_plain(s.get("grounding") or [])}
 
-    def _options(self, job: dict, max_new_tokens: int, retry: int = 0) -> dict[str, Any]:
+    def _options(self, job: dict, max_new_tokens: int, retry: int = 0, prose: bool = True) -> dict[str, Any]:
+        """Generation options for a step; ``prose`` (a note or a reply, not the JSON plan) turns on
+        the engine's repetition controls."""
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        if prose:
+            options["prose"] = True
         if retry:  # a second try is sampled, so it is not the greedy repeat of the first
             options.update(temperature=0.7, seed=1000 + retry)
         expert = job["persona"]["expert"]
@@ -339,8 +355,8 @@ class SynapticCycle:
         return options
 
     def _generate(self, messages, job: dict, max_new_tokens: int, retry: int = 0,
-                  stream: Callable[[str], None] | None = None) -> str:
-        options = self._options(job, max_new_tokens, retry)
+                  stream: Callable[[str], None] | None = None, prose: bool = True) -> str:
+        options = self._options(job, max_new_tokens, retry, prose)
         if stream is not None:
             options["stream"] = stream
         return self.runner.generate_with_retries(messages, options)[0]

@@ -42,6 +42,20 @@ def describe_value(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def example_call(selector: str, example: dict[str, Any], limit: int = 300) -> str:
+    """An example as the call it stands for: ``with key='a', value=1: describe_pair() -> 'a=1'``.
+    Shown a JSON record instead, a model returns the record itself."""
+    inside = ", ".join([*(repr(a) for a in example.get("args") or []),
+                        *(f"{k}={v!r}" for k, v in (example.get("kwargs") or {}).items())])
+    text = f"{selector}({inside})"
+    if example.get("slots"):
+        text = "with " + ", ".join(f"{k}={v!r}" for k, v in example["slots"].items()) + f": {text}"
+    text += f" -> {example['result']!r}" if "result" in example else " runs without error"
+    if example.get("after"):
+        text += "; afterwards " + ", ".join(f"{k} is {v!r}" for k, v in example["after"].items())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def writer_line(persona: str | None) -> str:
     """The last line of the system prompt: who writes (after the rules, so the rules' tokens stay a
     prefix every mission shares)."""
@@ -70,7 +84,7 @@ def build_messages(brief: dict[str, Any], attempts: list[dict[str, Any]], person
     if any(word in selector for word in DISPLAY_WORDS):
         lines.append("It shows the object, so its answer must contain `self.oid()` and the names from `self.slot_names()`.")
     for example in brief.get("examples", []):
-        lines.append(f"Example: {describe_value(example, 300)}")
+        lines.append(f"Example: {example_call(selector, example)}")
     lines.append(f"Write `{signature(brief)}` so that the call above works.")
     messages: list[Message] = [
         {"role": "system", "content": SYSTEM_PROMPT + writer_line(persona)},

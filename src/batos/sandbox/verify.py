@@ -62,11 +62,14 @@ def call_text(selector: str, args: list, kwargs: dict, slots: dict | None, limit
 
 
 def verify(source: str, selector: str, slots: dict[str, Any], examples: list[dict[str, Any]],
-           seconds: float = SECONDS_PER_EXAMPLE, oid: str | None = None, pool: SandboxPool | None = None) -> Verdict:
+           seconds: float = SECONDS_PER_EXAMPLE, oid: str | None = None, pool: SandboxPool | None = None,
+           shown_slots: set[str] | None = None) -> Verdict:
     """Run ``examples`` against the candidate; the verdict says what failed first.
 
     An example is ``{"slots": {...}, "args": [...], "kwargs": {...}, "result": ..., "after": {...}}``;
-    every key is optional. Without ``result`` only "runs without raising" is checked.
+    every key is optional. Without ``result`` only "runs without raising" is checked. A verdict
+    shows the slots named in ``shown_slots`` (those the candidate reads) and the example's own,
+    rather than every slot of a busy object.
     """
     try:
         check_compiles(source, f"<candidate {selector}>")
@@ -78,7 +81,9 @@ def verify(source: str, selector: str, slots: dict[str, Any], examples: list[dic
         before = {**slots, **(example.get("slots") or {})}
         receiver = stand_in(before, oid)
         args, kwargs = list(example.get("args") or []), dict(example.get("kwargs") or {})
-        call = call_text(selector, args, kwargs, before)
+        shown = before if shown_slots is None else {
+            k: v for k, v in before.items() if k in shown_slots or k in (example.get("slots") or {})}
+        call = call_text(selector, args, kwargs, shown)
         try:
             result = run_method(pool, selector, source, receiver, args, kwargs, seconds)
         except MethodTimeout:
