@@ -4,6 +4,7 @@ conversations, and every way an answer can go wrong."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -89,7 +90,7 @@ def test_ask_plans_delegates_weaves_and_keeps_the_conversation(image_path, mind_
             facet_request = ScriptedMind.requests[1][1]["messages"]
             assert "BRICK" in facet_request[0]["content"] and "plain facts" in facet_request[0]["content"]
             partner_prompt = ScriptedMind.requests[4][1]["messages"][-1]["content"]
-            assert "BRICK: Check that" in partner_prompt and "Do not repeat BRICK" in partner_prompt  # sees the lead's text
+            assert "BRICK already answered this. Do not repeat BRICK" in partner_prompt
             compiled = {f["selector"]: f["compiled"] for p in c.call("personas") if p["name"] == "BRICK" for f in p["facets"]}
             assert compiled == {"tamland_facet_": True, "guide_facet_": True, "lego_batman_facet_": False}
             method_cycles = [x for x in c.call("cycles_list") if x["kind"] == "method"]
@@ -211,6 +212,24 @@ def test_the_quality_gate_revises_then_answers_plainly_and_fails_only_when_empty
             result = c.ask("Why does my CI pipeline time out?", depth="direct")
             kept = cycle(c, result["turns"][0]["cycle"])["attempts"][-1]["verdict"]
             assert result["turns"][0]["text"] == "ok" and kept.startswith("kept as the plain answer")
+    finally:
+        srv.stop()
+
+
+def test_robin_never_answers_with_a_list_or_code(image_path, mind_server):
+    listed = "Here is what helps:\n1. Breathe slowly before you go in.\n2. Remember why they chose you."
+    coded = "First days make everyone nervous:\n```python\nprint('nervous about the new job')\n```\nYou will be fine at the new job."
+    answers(reply=[listed, coded, listed, "1. Arrive early. 2. Bring a notebook."])
+    srv = uvm(image_path, mind_server).start()
+    try:
+        with srv.client(timeout=60) as c:
+            result = c.ask("I'm nervous about my first day at a new job.", persona="ROBIN", depth="direct")
+            robin = result["turns"][0]
+            assert robin["persona"] == "ROBIN" and "```" not in robin["text"]
+            assert not re.search(r"^\s*\d+[.)]", robin["text"], re.MULTILINE)
+            assert "Breathe slowly before you go in." in robin["text"]
+            verdicts = [a["verdict"] for a in cycle(c, robin["cycle"])["attempts"]]
+            assert "is a list" in verdicts[0] and "holds code" in verdicts[1] and verdicts[2].startswith("kept")
     finally:
         srv.stop()
 

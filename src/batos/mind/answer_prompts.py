@@ -88,11 +88,9 @@ def reply_messages(persona: dict[str, Any], question: str, context: list[dict[st
         parts.append("(Notes from your pillars:\n" + "\n".join(
             f"- {n['facet'].removesuffix('_facet_')}: {_clip(n['text'], MAX_NOTE_CHARS)}" for n in notes)
             + f"\nAnswer in your own voice, using what helps, in at most {REPLY_SENTENCES} sentences.)")
-    if task and prior:  # the gate refuses a reply that copies a run of words from these
-        said = "\n".join(f"{t['persona']}: {_clip(t['text'], MAX_NOTE_CHARS)}" for t in prior[-2:])
+    if task and prior:  # who answered, not what: shown the lead's answer, the 1.5B model still copied it
         who = " and ".join(dict.fromkeys(t["persona"] for t in prior[-2:]))
-        parts.append(f"(What was said before you:\n{said}\nDo not repeat {who} in other words: {task}.)")
-    # a revision goes without the example: the usual reason to revise is a copy of it
+        parts.append(f"({who} already answered this. Do not repeat {who}: {task}.)")
     # A revision is sampled from the same prompt without the example (the usual reason to revise
     # is a copy of it, or a loop). The reason is not put in the prompt: a 0.5B model repeats it.
     return [*persona_messages(persona, with_example=not revision), *context_messages(context),

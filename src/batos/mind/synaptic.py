@@ -67,6 +67,7 @@ class AnswerPolicy:
     on_topic_similarity: float = 0.1
     leak_words: int = 8  # this many words in a row from the prompt's instructions is a leak
     repeat_words: int = 12  # this many words in a row from an earlier turn is a repeat
+    prose_only: tuple[str, ...] = ("ROBIN",)  # personas whose codex says: never code or lists
 
 
 def persona_codex(persona: UvmObject) -> dict[str, Any]:
@@ -273,12 +274,15 @@ class SynapticCycle:
         instructions = [persona_system(job["persona"]), str(example.get("answer", "")), *PARTNER_TASKS.values(), CLOSING_TASK,
                         *(v["intent"] for v in job["persona"]["facets"].values())]
         verdict = self.quality_problem(job["reply"] or "", job["question"], job["prior"], instructions)
+        if verdict is None and job["persona"]["name"] in self.policy.prose_only:
+            verdict = not_prose(job["reply"] or "")
         fallback = job["iteration"] > self.policy.max_revisions + 1
-        if fallback and verdict is not None and (job["reply"] or "").strip():
+        kept_despite, reply = None, job["reply"] or ""
+        if fallback and verdict is not None and job["persona"]["name"] in self.policy.prose_only:
+            reply = as_prose(reply)
+        if fallback and verdict is not None and reply.strip():
             # the plain answer after the revisions is kept even if imperfect: a person asked
             verdict, kept_despite = None, verdict
-        else:
-            kept_despite = None
 
         def record(root, cycle):
             s = cycle._slots
@@ -286,6 +290,7 @@ class SynapticCycle:
             attempts[-1] = {**attempts[-1], "verdict": verdict or (f"kept as the plain answer: {kept_despite}"
                                                                    if kept_despite else "passed")}
             if verdict is None:
+                s["reply"] = reply
                 conversations.complete_turn(s["conversation"], s["turn"], s["reply"],
                                             [a["facet"] for a in s["facet_answers"] if a["text"]],
                                             sources_of(s.get("grounding") or []))
@@ -441,6 +446,28 @@ class ReplyText:
 @dataclass(frozen=True)
 class FacetUnavailable:
     reason: str
+
+
+LIST_LINE = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+\S", re.MULTILINE)
+
+
+def not_prose(reply: str) -> str | None:
+    """Why ``reply`` is not plain talk (code, or a list of two or more lines), or None."""
+    if "```" in reply:
+        return "the reply holds code; answer in plain sentences, without code"
+    if len(LIST_LINE.findall(reply)) >= 2:
+        return "the reply is a list; answer in two to four plain sentences, without a list"
+    return None
+
+
+def as_prose(reply: str) -> str:
+    """``reply`` without its code blocks and list markers, its lines joined into sentences."""
+    text = re.sub(r"```.*?(```|$)", " ", reply, flags=re.DOTALL)
+    lines = [LIST_LINE_MARKER.sub("", line).strip() for line in text.splitlines()]
+    return " ".join(line if line.endswith((".", "!", "?", ":")) else line + "." for line in lines if line)
+
+
+LIST_LINE_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
 
 
 def repeated_sentence(reply: str) -> str | None:
