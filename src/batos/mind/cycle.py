@@ -401,6 +401,10 @@ class CycleRunner:
         if renamed is not None:  # a slip of a slot's name costs no model call either
             log.info("candidate %s: renamed %s", selector, ", ".join(f"self.{a} -> self.{b}" for a, b in renamed[1].items()))
             candidate = renamed[0]
+            try:
+                guardian.audit(candidate, selector)  # what is installed is always what was audited
+            except guardian.GuardianError as exc:
+                return candidate, f"Guardian: {exc}"
         reads = guardian.self_reads(guardian.the_function(candidate, selector))
         result = verify(candidate, selector, brief["slots"], examples, seconds=self.policy.verify_seconds, shown_slots=reads,
                         oid=brief["oid"], pool=self.sandbox)
