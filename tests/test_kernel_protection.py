@@ -235,7 +235,7 @@ def test_expert_records_are_kernel_objects_for_clients_and_methods(image_path, t
 
 
 def test_an_older_images_expert_records_become_kernel_objects(image_path, tmp_path):
-    from batos.image.genesis import SCHEMA_KEY
+    from batos.image.genesis import SCHEMA_KEY, SCHEMA_VERSION
     from batos.image.protection import is_kernel_object
 
     with opened_root(image_path) as root:
@@ -244,7 +244,18 @@ def test_an_older_images_expert_records_become_kernel_objects(image_path, tmp_pa
         root["pLLM_obj"]._slots["lora_repository"]["old"] = record
         root[SCHEMA_KEY] = 5
     with opened_root(image_path) as root:
-        assert root[SCHEMA_KEY] == 6 and is_kernel_object(root["pLLM_obj"]._slots["lora_repository"]["old"])
+        assert root[SCHEMA_KEY] == SCHEMA_VERSION and is_kernel_object(root["pLLM_obj"]._slots["lora_repository"]["old"])
+
+
+def test_an_older_images_model_choice_becomes_a_kernel_slot(image_path):
+    from batos.image.genesis import SCHEMA_KEY
+    from batos.image.protection import mark_kernel, protected_slots
+
+    with opened_root(image_path) as root:
+        mark_kernel(root["pLLM_obj"], ("model_bundles", "lora_repository", "active_model", "infer_", "parent*"))
+        root[SCHEMA_KEY] = 6
+    with opened_root(image_path) as root:
+        assert "active_model_chosen" in protected_slots(root["pLLM_obj"])
 
 
 @pytest.mark.parametrize("target", ["pLLM_obj", "genesis_obj"])

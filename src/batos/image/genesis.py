@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_KEY = "batos_schema"
 FURNISHED_KEY = "batos_furnished"  # {furnishing name: version installed}
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 PSM_STATES = ("IDLE", "DECOMPOSING", "DELEGATING", "SYNTHESIZING", "VALIDATING", "AWAITING_APPROVAL",
               "COMPLETE", "FAILED")
 
@@ -82,9 +82,15 @@ def protect_expert_records(root) -> None:
             mark_kernel(record)
 
 
+def protect_model_choice(root) -> None:
+    """Schema 7: whether a person chose the active model is the kernel's to record (a client that
+    could set it would keep an image off the configured shipped model)."""
+    mark_kernel(root["pLLM_obj"], PLLM_KERNEL_SLOTS)
+
+
 # MIGRATIONS[n] turns a schema-n root into a schema-(n+1) root, in one transaction.
 MIGRATIONS: dict[int, Migration] = {1: give_pllm_its_repositories, 2: give_psm_its_states, 3: give_traits_every_primitive,
-                                    4: protect_kernel_objects, 5: protect_expert_records}
+                                    4: protect_kernel_objects, 5: protect_expert_records, 6: protect_model_choice}
 
 
 @dataclass(frozen=True)

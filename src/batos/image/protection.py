@@ -26,7 +26,7 @@ PRIMITIVE_SELECTORS = frozenset(TRAIT_PRIMITIVES)
 KERNEL_MARK = "_kernel_slots"
 OUTSIDE_WRITES_KEY = "batos_outside_writes"  # root: {number: record} of the writes below
 MAX_OUTSIDE_WRITES = 1000
-PLLM_KERNEL_SLOTS = ("model_bundles", "lora_repository", "active_model", "infer_", PARENT_SLOT)
+PLLM_KERNEL_SLOTS = ("model_bundles", "lora_repository", "active_model", "active_model_chosen", "infer_", PARENT_SLOT)
 
 
 def mark_kernel(obj: UvmObject, slots: str | tuple[str, ...] = ALL) -> None:

@@ -225,6 +225,7 @@ class Dispatcher:
             options = {"intent": value, **{k: fields[k] for k in ("wait",) if k in fields}}
             return ServiceCall(SYNTHESIZE, oid_text(receiver), (selector, *args), dict(kwargs), options)
         if holder is None and self.synthesize_missing:
+            check_examples(fields.get("examples") or [])
             options = {k: fields[k] for k in ("intent", "examples", "wait") if k in fields}
             return ServiceCall(SYNTHESIZE, oid_text(receiver), (selector, *args), dict(kwargs), options)
         if holder is None:
@@ -269,3 +270,24 @@ def _plain_reply(convert, value: Any) -> Any:
         return convert(value)
     except ValueTooLarge as exc:
         raise ProtocolError(Code.TOO_LARGE, str(exc)) from None
+
+
+EXAMPLE_KEYS = {"slots": dict, "args": list, "kwargs": dict, "after": dict}
+
+
+def check_examples(examples: list) -> None:
+    """Examples for a method cycle as the cycle reads them, or ProtocolError(bad_request) saying
+    which is not: each a map of ``slots``, ``args``, ``kwargs``, ``result`` and ``after``, its
+    names plain identifiers."""
+    for number, example in enumerate(examples, 1):
+        if not isinstance(example, dict):
+            raise ProtocolError(Code.BAD_REQUEST, f"example {number} is not a map of slots, args, kwargs, result, after")
+        unknown = sorted(set(example) - {*EXAMPLE_KEYS, "result"})
+        if unknown:
+            raise ProtocolError(Code.BAD_REQUEST, f"example {number} has unknown keys: {', '.join(map(str, unknown))}")
+        for key, kind in EXAMPLE_KEYS.items():
+            value = example.get(key)
+            if value is not None and not isinstance(value, kind):
+                raise ProtocolError(Code.BAD_REQUEST, f"example {number}: {key} must be a {kind.__name__}")
+            if isinstance(value, dict) and not all(isinstance(k, str) and k.isidentifier() for k in value):
+                raise ProtocolError(Code.BAD_REQUEST, f"example {number}: the names in {key} must be identifiers")

@@ -261,6 +261,9 @@ def self_reads(function: ast.FunctionDef) -> set[str]:
             and isinstance(node.value, ast.Name) and node.value.id == "self"}
 
 
+MAX_SLIPS = 8  # more unknown names than this in one method is not a slip of a few names
+
+
 def repair_slot_names(source: str, selector: str, known: set[str]) -> tuple[str, dict[str, str]] | None:
     """``source`` with each ``self.<name>`` that names nothing known, but is one small slip away
     from exactly one known name (``self.score`` where the slot is ``scores``), renamed to it; and
@@ -271,10 +274,14 @@ def repair_slot_names(source: str, selector: str, known: set[str]) -> tuple[str,
     function = the_function(source, selector)
     assigned = {node.attr for node in ast.walk(function)
                 if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del))}
-    names = known | assigned | {"_p_changed"}
+    targets = sorted(name for name in known if isinstance(name, str) and name.isidentifier() and not name.startswith("_"))
+    unknowns = sorted(self_reads(function) - set(targets) - assigned - {"_p_changed"})
+    if len(unknowns) > MAX_SLIPS:
+        return None  # not a slip: a method written against another object
     renames = {}
-    for unknown in sorted(self_reads(function) - names):
-        close = difflib.get_close_matches(unknown, sorted(names - {"_p_changed"}), n=2, cutoff=0.75)
+    for unknown in unknowns:
+        near = [name for name in targets if abs(len(name) - len(unknown)) <= 3]
+        close = difflib.get_close_matches(unknown, near, n=2, cutoff=0.75)
         if len(close) == 1 or (len(close) == 2 and _closer(unknown, close[0], close[1])):
             renames[unknown] = close[0]
     if not renames:
@@ -287,8 +294,11 @@ def repair_slot_names(source: str, selector: str, known: set[str]) -> tuple[str,
                 node.attr = renames[node.attr]
             return node
 
-    tree = ast.Module(body=[Rename().visit(function)], type_ignores=[])
-    return ast.unparse(tree) + "\n", renames
+    try:
+        tree = ast.Module(body=[Rename().visit(function)], type_ignores=[])
+        return ast.unparse(tree) + "\n", renames
+    except RecursionError:  # an expression nested too deep to rewrite: left to the model
+        return None
 
 
 def _closer(name: str, first: str, second: str) -> bool:

@@ -448,7 +448,7 @@ class FacetUnavailable:
     reason: str
 
 
-LIST_LINE = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+\S", re.MULTILINE)
+LIST_LINE = re.compile(r"^[ \t]*(?:\d+[.)]|[-*•])[ \t]+\S", re.MULTILINE)  # never across lines: linear
 
 
 def not_prose(reply: str) -> str | None:
@@ -467,7 +467,7 @@ def as_prose(reply: str) -> str:
     return " ".join(line if line.endswith((".", "!", "?", ":")) else line + "." for line in lines if line)
 
 
-LIST_LINE_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
+LIST_LINE_MARKER = re.compile(r"^[ \t]*(?:\d+[.)]|[-*•])[ \t]+")
 
 
 def repeated_sentence(reply: str) -> str | None:

@@ -45,15 +45,24 @@ def describe_value(value: Any, limit: int = 60) -> str:
 def example_call(selector: str, example: dict[str, Any], limit: int = 300) -> str:
     """An example as the call it stands for: ``with key='a', value=1: describe_pair() -> 'a=1'``.
     Shown a JSON record instead, a model returns the record itself."""
-    inside = ", ".join([*(repr(a) for a in example.get("args") or []),
-                        *(f"{k}={v!r}" for k, v in (example.get("kwargs") or {}).items())])
+    if not isinstance(example, dict):
+        return f"{selector}(...) -> {example!r}"[:limit]
+    pairs = lambda key: example[key].items() if isinstance(example.get(key), dict) else ()  # noqa: E731
+    args = example.get("args") if isinstance(example.get("args"), list) else []
+    inside = ", ".join([*(repr(a) for a in args), *(f"{_shown_name(k)}={v!r}" for k, v in pairs("kwargs"))])
     text = f"{selector}({inside})"
-    if example.get("slots"):
-        text = "with " + ", ".join(f"{k}={v!r}" for k, v in example["slots"].items()) + f": {text}"
+    if pairs("slots"):
+        text = "with " + ", ".join(f"{_shown_name(k)}={v!r}" for k, v in pairs("slots")) + f": {text}"
     text += f" -> {example['result']!r}" if "result" in example else " runs without error"
-    if example.get("after"):
-        text += "; afterwards " + ", ".join(f"{k} is {v!r}" for k, v in example["after"].items())
+    if pairs("after"):
+        text += "; afterwards " + ", ".join(f"{_shown_name(k)} is {v!r}" for k, v in pairs("after"))
     return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _shown_name(name: Any) -> str:
+    """A slot or keyword name as the prompt shows it: as it is when it is an identifier, else its
+    repr, so a name can never add a line of its own to the prompt."""
+    return name if isinstance(name, str) and name.isidentifier() else repr(name)
 
 
 def writer_line(persona: str | None) -> str:
