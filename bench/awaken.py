@@ -48,7 +48,7 @@ def child(way: str, image: str, folder: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from batos.image import open_image
-    from batos.llm.default_model import DEFAULT_MODEL_NAME
+    from batos.llm.default_model import DEFAULT_MODEL
     from batos.llm.embedded import load_model
     from batos.llm.settings import LLMSettings
 
@@ -66,7 +66,7 @@ def child(way: str, image: str, folder: str) -> None:
                 pllm = conn.root()["pLLM_obj"]
                 if way == "gguf":
                     from batos.llm.llamacpp import LlamaCppBackend
-                    model = LlamaCppBackend(pllm.model_bundles[DEFAULT_MODEL_NAME].files["model.gguf"].committed(),
+                    model = LlamaCppBackend(pllm.model_bundles[DEFAULT_MODEL.name].files["model.gguf"].committed(),
                                             LLMSettings(llm_threads=2), "gguf")
                 elif way == "seeds":
                     with pllm.seed_tar_blob.open("r") as blob_file, open(work / "model.tar", "wb") as copy:
@@ -76,7 +76,7 @@ def child(way: str, image: str, folder: str) -> None:
                     model = AutoModelForCausalLM.from_pretrained(work / "extracted" / "model", dtype=torch.bfloat16)
                     AutoTokenizer.from_pretrained(work / "extracted" / "model")
                 else:
-                    pllm.model_bundles[f"{DEFAULT_MODEL_NAME}-bfloat16"].link_into(work / "links")
+                    pllm.model_bundles[f"{DEFAULT_MODEL.name}-bfloat16"].link_into(work / "links")
                     model, _ = load_model(work / "links", LLMSettings(model_dtype="bfloat16"))
             conn.close()
             img.close()
@@ -94,7 +94,7 @@ def prepare(workdir: Path) -> tuple[Path, Path]:
 
     from batos.image import open_image
     from batos.image.blobs import import_folder
-    from batos.llm.default_model import DEFAULT_MODEL_NAME, GGUF_FORM, default_model_folder
+    from batos.llm.default_model import DEFAULT_MODEL, GGUF_FORM, default_model_folder
     from batos.llm.settings import LLMSettings
 
     folder = default_model_folder(LLMSettings().model_cache, "bfloat16")
@@ -105,9 +105,9 @@ def prepare(workdir: Path) -> tuple[Path, Path]:
     conn = img.db.open(transaction_manager=manager)
     with manager:
         pllm = conn.root()["pLLM_obj"]
-        pllm.model_bundles[f"{DEFAULT_MODEL_NAME}-bfloat16"] = import_folder(folder, DEFAULT_MODEL_NAME, "bench")
-        pllm.model_bundles[DEFAULT_MODEL_NAME] = import_folder(gguf, DEFAULT_MODEL_NAME, "bench")
-        pllm.active_model = DEFAULT_MODEL_NAME
+        pllm.model_bundles[f"{DEFAULT_MODEL.name}-bfloat16"] = import_folder(folder, DEFAULT_MODEL.name, "bench")
+        pllm.model_bundles[DEFAULT_MODEL.name] = import_folder(gguf, DEFAULT_MODEL.name, "bench")
+        pllm.active_model = DEFAULT_MODEL.name
         with tarfile.open(workdir / "seed.tar", "w") as tar:
             tar.add(folder, arcname="model")
         blob = Blob()

@@ -9,8 +9,9 @@
     vectors (clustered), written in batches of 1,000 chunks per transaction: search cost does not
     depend on what the vectors mean. The query embedding is included in vector and hybrid times.
 (d) image size per 10k chunks (FileStorage file plus blob folder).
-(c) retrieval quality on the labelled set (tests/retrieval_set.py): recall@5 and MRR@10, over
-    the whole set and over each of its kinds (plain questions, identifiers).
+(c) retrieval quality on the two labelled sets (tests/retrieval_set.py): recall@5 and MRR@10 per
+    mode, over the stdlib set and each of its kinds (plain questions, identifiers), and over the
+    packages set's tune and held-out parts.
 (e) the message path during ingestion: ``get`` round trips to a real UVM while another client
     ingests, against the same round trips idle.
 (f) the ANN graph against exact search on real embeddings of ~15,000 docstring paragraphs.
@@ -46,7 +47,8 @@ from batos.memory.chunking import Chunk, chunk_text  # noqa: E402
 from batos.memory.extract import extract  # noqa: E402
 from batos.memory.search import VectorIndex  # noqa: E402
 from batos.memory.service import MemoryService  # noqa: E402
-from retrieval_set import KINDS, evaluate, write_documents  # noqa: E402
+from retrieval_set import (KINDS, PARTS, evaluate, package_questions, write_documents,  # noqa: E402
+                           write_package_documents)
 
 QUERIES = ["how are replies routed back to clients", "blob storage of model weights", "kill during a commit",
            "summary of the knowledge weaver", "retry with exponential backoff", "lexical index okapi",
@@ -156,18 +158,23 @@ def search_figures(embedder: Embedder, sizes: list[int], queries_per_mode: int) 
 
 
 def quality_figures(embedder: Embedder) -> dict:
+    figures = {}
     with tempfile.TemporaryDirectory() as work:
-        paths = write_documents(Path(work) / "docs")
-        db = open_db(work)
-        memory = MemoryService(db, embedder)
-        for path in paths.values():
-            memory.ingest(str(path), path.read_bytes())
-        figures = {}
-        for kind in (None, *KINDS):
-            scores = evaluate(lambda q, mode: memory.search(q, 30, mode), paths, kind)
-            figures[kind or "all"] = {mode: {k: round(v, 3) for k, v in s.items()} for mode, s in scores.items()}
-        memory.close()
-        db.close()
+        for label, writer in (("stdlib", write_documents), ("packages", write_package_documents)):
+            paths = writer(Path(work) / label)
+            db = open_db(os.path.join(work, label))
+            memory = MemoryService(db, embedder)
+            for path in paths.values():
+                memory.ingest(str(path), path.read_bytes())
+            search = lambda q, mode: memory.search(q, 30, mode)  # noqa: E731
+            if label == "stdlib":
+                groups = {kind or "all": evaluate(search, paths, kind) for kind in (None, *KINDS)}
+            else:
+                groups = {part: evaluate(search, paths, items=package_questions(part)) for part in PARTS}
+            figures[label] = {group: {mode: {k: round(v, 3) for k, v in s.items()} for mode, s in scores.items()}
+                              for group, scores in groups.items()}
+            memory.close()
+            db.close()
     return figures
 
 

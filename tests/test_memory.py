@@ -281,6 +281,12 @@ def test_ask_grounds_babs_in_an_ingested_document_and_robin_in_past_turns(tmp_pa
             prompt = next(body for kind, body in ScriptedMind.requests if kind == "reply")["messages"][-1]["content"]
             assert "memory-mapped without a copy" in prompt and "storage-notes.md" in prompt
             assert "Tomatoes" not in prompt  # an unrelated document is not offered
+            assert "general knowledge" not in prompt
+            ScriptedMind.requests.clear()
+            client.ask("What is the boiling point of water on Mount Everest?", persona="BABS", depth="direct")
+            prompt = next(body for kind, body in ScriptedMind.requests if kind == "reply")["messages"][-1]["content"]
+            assert "notes hold nothing on this" in prompt and "general knowledge" in prompt  # BABS says so
+            ScriptedMind.requests.clear()
             shown = client.call("conversation_show", conversation=answer["conversation"])
             assert shown["exchanges"][0]["turns"][0]["sources"] == [str(notes)]
             # every finished turn is indexed: a later question recalls it for ROBIN

@@ -30,7 +30,8 @@ from batos.memory.chunking import Chunk, chunk_text
 from batos.memory.extract import DEFAULT_MAX_BYTES
 from batos.memory.parsing import PARSE_SECONDS, Parser
 from batos.memory.interfaces import IMemoryService
-from batos.memory.search import CANDIDATES, VectorIndex, maximal_marginal_relevance, reciprocal_rank_fusion
+from batos.memory.search import (CANDIDATES, HYBRID_WEIGHTS, VectorIndex, maximal_marginal_relevance,
+                                 reciprocal_rank_fusion)
 from batos.memory.weaver import weave
 from batos.principals import OWNER, Principal
 
@@ -248,13 +249,14 @@ class MemoryService:
 
         def rank(catalog: Catalog) -> tuple[list[dict], dict[int, float]]:
             # the lexical side runs while the query is embedded on the embedder's thread
-            lexical = (catalog.lexical_search(query, CANDIDATES, every_word=mode == "hybrid", only=only)
-                       if mode != "vector" else [])
+            lexical = catalog.lexical_search(query, CANDIDATES, only=only) if mode != "vector" else []
+            exact = catalog.lexical_search(query, CANDIDATES, every_word=True, only=only) if mode == "hybrid" else []
             vector: list[tuple[int, float]] = []
             if pending is not None:
                 self.vectors.refresh(catalog.version, catalog.all_vectors)
                 vector = self.vectors.search(pending.result(), CANDIDATES, only)
-            ranked = {"lexical": lexical, "vector": vector}.get(mode) or reciprocal_rank_fusion(lexical, vector)
+            ranked = {"lexical": lexical, "vector": vector}.get(mode) or reciprocal_rank_fusion(
+                exact, lexical, vector, weights=HYBRID_WEIGHTS)
             if diverse:
                 found = {c: v for c, _ in ranked if (v := self.vectors.vector_of(c)) is not None}
                 ranked = maximal_marginal_relevance(ranked, found, k)

@@ -76,10 +76,15 @@ def facet_messages(system: str, sub_question: str, question: str) -> list[Messag
 
 def reply_messages(persona: dict[str, Any], question: str, context: list[dict[str, str]],
                    prior: list[dict[str, str]], notes: list[dict[str, str]], task: str | None,
-                   revision: bool = False, grounding: list[dict[str, Any]] = ()) -> list[Message]:
+                   revision: bool = False, grounding: list[dict[str, Any]] = (),
+                   looked_in_documents: bool = False) -> list[Message]:
     """The persona's reply: to the question (direct), woven from its facets' notes, or, with
-    ``task``, a partner's turn after the turns before it; ``grounding`` is what memory holds on it."""
+    ``task``, a partner's turn after the turns before it; ``grounding`` is what memory holds on it.
+    A persona that ``looked_in_documents`` and found nothing says its answer is its own knowledge."""
     parts = [question]
+    if looked_in_documents and not grounding:
+        parts.append("(The person's notes hold nothing on this. Answer from general knowledge, and say in a "
+                     "few words that it is general knowledge, not from their notes.)")
     if grounding:
         parts.append("(From memory:\n" + "\n".join(
             f"[{n}] {os.path.basename(g['source'])}: {_clip(g['text'], MAX_NOTE_CHARS * 2)}" for n, g in enumerate(grounding, 1))

@@ -250,7 +250,8 @@ class SynapticCycle:
         notes = [] if fallback else [a for a in job["facet_answers"] if a["text"]]
         task = {"lead": None, "partner": PARTNER_TASKS.get(job["persona"]["name"]), "closer": CLOSING_TASK}[job["role"]]
         messages = reply_messages(job["persona"], job["question"], job["context"], job["prior"], notes, task,
-                                  revision=job["iteration"] > 1, grounding=job["grounding"])
+                                  revision=job["iteration"] > 1, grounding=job["grounding"],
+                                  looked_in_documents=GROUNDED.get(job["persona"]["name"]) == "documents")
         started = time.perf_counter()
         text = ReplyText(job["persona"]["name"], self.runner.streams.get(cycle_id), self.policy.reply_tokens)
         try:
