@@ -36,11 +36,12 @@ $(STAMP): requirements.lock pyproject.toml
 run: install
 	$(BIN)/batos run
 
+# Two workers: most tests wait on servers and subprocesses; see tests/conftest.py for the grouping.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow"
 
 bench: install
 	$(BIN)/python bench/kernel.py

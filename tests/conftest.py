@@ -88,6 +88,23 @@ class Server:
         self.process.wait()
 
 
+# `make test` runs two pytest workers (pytest-xdist, --dist loadgroup). Each file stays on one
+# worker, so the servers a module shares start once; every file that loads a real model goes to
+# the same worker, so the model caches of the session are made once and two models never decode
+# at the same time.
+MODEL_FIXTURES = {"model_cache", "standard_model_cache", "gguf_model_file", "plain_model_folder", "adapters"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    by_file: dict[str, list] = {}
+    for item in items:
+        by_file.setdefault(item.path.name, []).append(item)
+    for name, file_items in by_file.items():
+        group = "real-model" if any(MODEL_FIXTURES & set(item.fixturenames) for item in file_items) else name
+        for item in file_items:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def image_path(tmp_path: Path) -> Path:
     return tmp_path / "image.fs"
