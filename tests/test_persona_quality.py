@@ -43,7 +43,7 @@ def shared_run(text: str, source: str, run: int) -> str | None:
     return next((" ".join(mine[i:i + run]) for i in range(len(mine) - run + 1) if " ".join(mine[i:i + run]) in runs), None)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: two test workers may interleave modules, and this costs ~100 s
 def answers(tmp_path_factory, standard_model_cache):
     env = llm_env(standard_model_cache, BATOS_DEFAULT_MODEL="standard", BATOS_MAX_TURNS="1")
     srv = Server(tmp_path_factory.mktemp("quality") / "image.fs", env=env).start()
