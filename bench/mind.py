@@ -1,4 +1,4 @@
-"""The Composite Mind on the default model (llama.cpp), 2 cores.
+"""The Composite Mind on the shipped models (llama.cpp), 2 cores.
 
   (a) router: latency p50/p99 of a route (embedding + scoring) and its accuracy on the labelled
       set (5-fold cross-validation; and the image's seed exemplars on the whole set)
@@ -10,7 +10,7 @@
       the overhead over the sum of its model calls
   and three whole transcripts (one per archetype) for bench/README.md.
 
-    .venv/bin/python bench/mind.py [--repeats 3]
+    .venv/bin/python bench/mind.py [--repeats 3] [--parts router,facets,ask] [--models standard,small]
 """
 
 from __future__ import annotations
@@ -75,13 +75,15 @@ def facet_conversations(question: str) -> list:
             for selector, intent in brick.facets.items()]
 
 
-def facet_figures(repeats: int) -> dict:
+def facet_figures(repeats: int, model: str = "standard") -> dict:
     """Cold: every prompt decoded from scratch. Warm: as in a running UVM, each sequence still
     holds the facet prompt it answered last (a new question each time); one after another, the
     three share one sequence."""
     from engines import make_backend
 
-    backend = make_backend("llama.cpp")
+    from batos.llm.default_model import SHIPPED
+
+    backend = make_backend("llama.cpp", model=SHIPPED[model])
     figures = {}
     try:
         for mode in ("cold", "warm"):
@@ -103,6 +105,7 @@ def facet_figures(repeats: int) -> dict:
                 if mode == "cold":  # prompts decoded whole: the same text batched or alone
                     assert [g.text for g in together] == [g.text for g in one_by_one]
             figures[mode] = {"tokens_per_run": tokens // repeats, "batched_s": round(statistics.median(batched), 2),
+                             "tokens_per_s_one_after_another": round(tokens / repeats / statistics.median(alone), 1),
                              "one_after_another_s": round(statistics.median(alone), 2),
                              "speedup": round(statistics.median(alone) / statistics.median(batched), 2),
                              "same_text": f"{same}/{3 * repeats}"}
@@ -111,13 +114,14 @@ def facet_figures(repeats: int) -> dict:
     return {"facets": 3, **figures}
 
 
-def uvm_figures(repeats: int) -> tuple[dict, list[dict]]:
+def uvm_figures(repeats: int, model: str = "standard") -> tuple[dict, list[dict]]:
     from conftest import Server
 
     from batos.llm.settings import LLMSettings
 
     folder = Path(tempfile.mkdtemp(prefix="bench-mind-"))
-    srv = Server(folder / "image.fs", env={"BATOS_LLM": "embedded", "BATOS_MODEL_CACHE": LLMSettings().model_cache})
+    srv = Server(folder / "image.fs", env={"BATOS_LLM": "embedded", "BATOS_MODEL_CACHE": LLMSettings().model_cache,
+                                           "BATOS_DEFAULT_MODEL": model})
     srv.start()
     try:
         with srv.client(timeout=900) as c:
@@ -198,16 +202,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--parts", default="router,facets,ask", help="which parts to run (default: all)")
+    parser.add_argument("--models", default="standard,small", help="shipped models for facets and ask, in turn")
     args = parser.parse_args()
     parts = args.parts.split(",")
     if "router" in parts:
         print("router:", json.dumps(router_figures()), flush=True)
-    if "facets" in parts:
-        print("facets:", json.dumps(facet_figures(args.repeats)), flush=True)
-    if "ask" not in parts:
-        return
-    figures, transcripts = uvm_figures(args.repeats)
-    print("ask:", json.dumps(figures), flush=True)
+    for model in args.models.split(","):
+        if "facets" in parts:
+            print(f"facets, {model}:", json.dumps(facet_figures(args.repeats, model)), flush=True)
+        if "ask" in parts:
+            figures, transcripts = uvm_figures(args.repeats, model)
+            print(f"ask, {model}:", json.dumps(figures), flush=True)
+            show(transcripts)
+
+
+def show(transcripts: list[dict]) -> None:
     for result in transcripts:
         route = result["route"]
         print(f"\n### {route['archetype']}: {route['lead']}, then {', '.join(route['partners'])}\n")
