@@ -92,7 +92,9 @@ def reply_messages(persona: dict[str, Any], question: str, context: list[dict[st
     if notes:
         parts.append("(Notes from your pillars:\n" + "\n".join(
             f"- {n['facet'].removesuffix('_facet_')}: {_clip(n['text'], MAX_NOTE_CHARS)}" for n in notes)
-            + f"\nAnswer in your own voice, using what helps, in at most {REPLY_SENTENCES} sentences.)")
+            + f"\nAnswer the question itself, correctly and practically, in your own voice and in at most "
+              f"{REPLY_SENTENCES} sentences. Use a note only where it is true and helps the person; leave out "
+              "invented names, gadgets and anything off the question.)")
     if task and prior:  # who answered, not what: shown the lead's answer, the 1.5B model still copied it
         who = " and ".join(dict.fromkeys(t["persona"] for t in prior[-2:]))
         parts.append(f"({who} already answered this. Do not repeat {who}: {task}.)")
