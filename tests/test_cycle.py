@@ -387,3 +387,22 @@ def test_a_revision_must_drop_a_name_the_object_does_not_understand(image):
     assert "does not understand 'grades'" in first["verdict"]
     assert "still reads self.grades" in second["verdict"] and "validation_seconds" not in second
     runner.close()
+
+
+def test_self_score_where_the_slot_is_scores_is_repaired_and_installed_from_one_answer(image):
+    """The issue's own case: `average` reading `self.score` on an object whose slot is `scores`."""
+    with in_transaction(image) as root:
+        root["counter_obj"].scores = [2, 4, 6]
+    slip = "def average(self):\n    return sum(self.score) / len(self.score)\n"
+    script = Script(slip)
+    runner = CycleRunner(image.db, script, CyclePolicy(backoff_base=0.001), model_name=lambda: "scripted")
+    target = runner.read(lambda root: oid_text(root["counter_obj"]))
+    cid = runner.start_or_join(target, "average", [], {}, "return the arithmetic mean of the scores slot",
+                               [{"result": 4.0}])
+    assert runner.run(cid) == "COMPLETE" and script.calls == 1
+    runner.close()
+    with in_transaction(image) as root:
+        counter = root["counter_obj"]
+        source = counter._slots["average"].source
+        assert "self.scores" in source and "self.score)" not in source
+        assert run_method(default_pool(), "average", source, counter, [], {}, 10.0) == 4.0

@@ -127,6 +127,7 @@ def test_an_image_on_the_old_default_moves_to_the_standard_model_and_a_chosen_mo
     assert llm["model"] == SMALL.name and models["chosen"] is False
     llm, models = start("standard")
     assert llm["state"] == "ready" and llm["model"] == STANDARD.name
+    assert Path(llm["model_file"]).is_relative_to(Path(f"{image}.blob"))  # served from its blob, in place
     assert llm["default_model"]["key"] == "standard" and "1.5B" in llm["default_model"]["why"]
     assert sorted(m["name"] for m in models["models"]) == sorted([SMALL.name, STANDARD.name])
     assert {m["name"]: m["source"] for m in models["models"]}[STANDARD.name].startswith("shipped standard model (PyPI")

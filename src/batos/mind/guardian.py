@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import difflib
 import string
 
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
@@ -269,8 +270,6 @@ def repair_slot_names(source: str, selector: str, known: set[str]) -> tuple[str,
     from exactly one known name (``self.score`` where the slot is ``scores``), renamed to it; and
     what was renamed. None when there is nothing to repair. Names the method assigns itself count
     as known."""
-    import difflib
-
     function = the_function(source, selector)
     assigned = {node.attr for node in ast.walk(function)
                 if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del))}
@@ -302,8 +301,6 @@ def repair_slot_names(source: str, selector: str, known: set[str]) -> tuple[str,
 
 
 def _closer(name: str, first: str, second: str) -> bool:
-    import difflib
-
     ratio = lambda other: difflib.SequenceMatcher(None, name, other).ratio()  # noqa: E731
     return ratio(first) - ratio(second) >= 0.1
 

@@ -246,8 +246,7 @@ class SynapticCycle:
                 self.runner.move(root, cycle, "SYNTHESIZING")
             return self._job(cycle)
         job = self.runner.change(cycle_id, enter)
-        fallback = job["iteration"] > self.policy.max_revisions + 1
-        notes = [] if fallback else [a for a in job["facet_answers"] if a["text"]]
+        notes = [] if self._plain_fallback(job) else [a for a in job["facet_answers"] if a["text"]]
         task = {"lead": None, "partner": PARTNER_TASKS.get(job["persona"]["name"]), "closer": CLOSING_TASK}[job["role"]]
         messages = reply_messages(job["persona"], job["question"], job["context"], job["prior"], notes, task,
                                   revision=job["iteration"] > 1, grounding=job["grounding"],
@@ -277,7 +276,7 @@ class SynapticCycle:
         verdict = self.quality_problem(job["reply"] or "", job["question"], job["prior"], instructions)
         if verdict is None and job["persona"]["name"] in self.policy.prose_only:
             verdict = not_prose(job["reply"] or "")
-        fallback = job["iteration"] > self.policy.max_revisions + 1
+        fallback = self._plain_fallback(job)
         kept_despite, reply = None, job["reply"] or ""
         if fallback and verdict is not None and job["persona"]["name"] in self.policy.prose_only:
             reply = as_prose(reply)
@@ -346,6 +345,10 @@ class SynapticCycle:
                 "prior": to_plain(s["prior"]), "plan": to_plain(s["plan"]), "plan_attempts": s["plan_attempts"],
                 "facet_answers": to_plain(s["facet_answers"]), "reply": s["reply"], "iteration": s["iteration"],
                 "attempts": [dict(a) for a in s["attempts"]], "grounding": to_plain(s.get("grounding") or [])}
+
+    def _plain_fallback(self, job: dict) -> bool:
+        """Whether this reply is the last try: a plain answer after the revisions failed the gate."""
+        return job["iteration"] > self.policy.max_revisions + 1
 
     def _options(self, job: dict, max_new_tokens: int, retry: int = 0, prose: bool = True) -> dict[str, Any]:
         """Generation options for a step; ``prose`` (a note or a reply, not the JSON plan) turns on
@@ -449,14 +452,14 @@ class FacetUnavailable:
     reason: str
 
 
-LIST_LINE = re.compile(r"^[ \t]*(?:\d+[.)]|[-*•])[ \t]+\S", re.MULTILINE)  # never across lines: linear
+LIST_MARKER = re.compile(r"^[ \t]*(?:\d+[.)]|[-*•])[ \t]+", re.MULTILINE)  # never across lines: linear
 
 
 def not_prose(reply: str) -> str | None:
     """Why ``reply`` is not plain talk (code, or a list of two or more lines), or None."""
     if "```" in reply:
         return "the reply holds code; answer in plain sentences, without code"
-    if len(LIST_LINE.findall(reply)) >= 2:
+    if len(LIST_MARKER.findall(reply)) >= 2:
         return "the reply is a list; answer in two to four plain sentences, without a list"
     return None
 
@@ -464,11 +467,8 @@ def not_prose(reply: str) -> str | None:
 def as_prose(reply: str) -> str:
     """``reply`` without its code blocks and list markers, its lines joined into sentences."""
     text = re.sub(r"```.*?(```|$)", " ", reply, flags=re.DOTALL)
-    lines = [LIST_LINE_MARKER.sub("", line).strip() for line in text.splitlines()]
+    lines = [LIST_MARKER.sub("", line).strip() for line in text.splitlines()]
     return " ".join(line if line.endswith((".", "!", "?", ":")) else line + "." for line in lines if line)
-
-
-LIST_LINE_MARKER = re.compile(r"^[ \t]*(?:\d+[.)]|[-*•])[ \t]+")
 
 
 def repeated_sentence(reply: str) -> str | None:
