@@ -214,3 +214,29 @@ def test_a_child_that_stays_after_its_answer_never_gets_the_next_call(escaped_po
         assert run(escaped_pool, "def echo(self, x):\n    return ['mine', x]\n", None, n) == ["mine", n]
     assert time.monotonic() - started < 15
     assert escaped_pool.replaced == replaced + 1
+
+
+def own_child(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    except OSError:
+        return False
+
+
+def test_a_workers_folder_is_gone_while_it_runs_so_a_killed_uvm_leaves_nothing_in_tmp(escaped_pool):
+    """The working folder is removed as soon as the worker has started: escaped code can make
+    nothing in it, and a UVM killed with -9 leaves no folder behind (the suite once left 2,176)."""
+    run(escaped_pool, "def one(self):\n    return 1\n")
+    workers = [pid for pid in os.listdir("/proc") if pid.isdigit() and own_child(int(pid))]
+    assert workers
+    assert all(os.readlink(f"/proc/{pid}/cwd").endswith("(deleted)") for pid in workers)
+    made = run(escaped_pool, '''
+def make(self):
+    try:
+        os.open("kept", os.O_CREAT | os.O_WRONLY, 0o600)
+        return "made"
+    except OSError as exc:
+        return type(exc).__name__
+''')
+    assert made != "made"

@@ -16,7 +16,6 @@ import logging
 import os
 import queue
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -55,7 +54,6 @@ class SandboxProcess:
     process: subprocess.Popen
     channel: Channel
     ready_fd: int  # the zygote's own pipe: one byte per child that is ready for a call
-    folder: str
     applied: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     status: dict[str, str] = field(default_factory=dict)
@@ -83,7 +81,6 @@ class SandboxProcess:
                 os.close(fd)
             except OSError:
                 pass
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def privilege_left(status: dict[str, str], applied: list[str]) -> str | None:
@@ -116,10 +113,13 @@ def start_worker(limits: SandboxLimits, argv: tuple[str, ...] = ("-m", "batos.sa
         )
     finally:
         os.close(ready_write)
+        # The worker keeps the removed folder as its working directory: nothing can be made in it,
+        # and nothing is left in /tmp when the UVM is killed.
+        os.rmdir(folder)
     channel = Channel(os.dup(process.stdout.fileno()), os.dup(process.stdin.fileno()), limits.max_frame)
     process.stdout.close()
     process.stdin.close()
-    worker = SandboxProcess(process, channel, ready_read, folder)
+    worker = SandboxProcess(process, channel, ready_read)
     try:
         hello = channel.receive(time.monotonic() + START_SECONDS)
     except ChannelError as exc:
