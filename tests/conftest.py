@@ -77,11 +77,14 @@ class Server:
             return self.process.returncode if self.process else 0
         self.process.send_signal(sig)
         try:
-            return self.process.wait(timeout)
+            code = self.process.wait(timeout)
         finally:
             if self.process.poll() is None:
                 self.process.kill()
                 self.process.wait()
+        if code != 0 and self.process.stderr is not None:  # shown with the failing test's output
+            print(f"batos run exited {code}; the end of its stderr:\n{self.process.stderr.read()[-4000:]}")
+        return code
 
     def kill(self) -> None:
         self.process.kill()

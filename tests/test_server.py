@@ -237,3 +237,12 @@ def test_curve_encrypted_bridge(tmp_path):
                 plain.ping()
     finally:
         assert srv.stop() == 0
+
+
+def test_a_uvm_stopped_at_once_after_start_exits_cleanly(image_path):
+    """Stopped while the embedder still loads in the background: the process ends with 0, not an
+    abort from a thread the interpreter tore down under it (a person's Ctrl-C right after start)."""
+    srv = Server(image_path)
+    for _ in range(3):
+        srv.start()
+        assert srv.stop() == 0, srv.process.stderr.read()[-2000:]

@@ -216,10 +216,13 @@ def test_a_child_that_stays_after_its_answer_never_gets_the_next_call(escaped_po
     assert escaped_pool.replaced == replaced + 1
 
 
-def own_child(pid: int) -> bool:
+def own_worker(pid: int) -> bool:
+    """Whether ``pid`` is a worker this test process started (not a server another test left running)."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
+            parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return parent == os.getpid() and str(ESCAPED).encode() in cmdline.read()
     except OSError:
         return False
 
@@ -228,7 +231,7 @@ def test_a_workers_folder_is_gone_while_it_runs_so_a_killed_uvm_leaves_nothing_i
     """The working folder is removed as soon as the worker has started: escaped code can make
     nothing in it, and a UVM killed with -9 leaves no folder behind (the suite once left 2,176)."""
     run(escaped_pool, "def one(self):\n    return 1\n")
-    workers = [pid for pid in os.listdir("/proc") if pid.isdigit() and own_child(int(pid))]
+    workers = [pid for pid in os.listdir("/proc") if pid.isdigit() and own_worker(int(pid))]
     assert workers
     assert all(os.readlink(f"/proc/{pid}/cwd").endswith("(deleted)") for pid in workers)
     made = run(escaped_pool, '''
