@@ -198,8 +198,10 @@ def cmd_route(client: Client, args) -> Any:
     route = client.route(args.question)
     if args.json:
         return route
-    scores = ", ".join(f"{a} {s:.2f}" for a, s in sorted(route["scores"].items(), key=lambda kv: -kv[1]))
-    return f"{route_line(route)} depth {route['depth']}, decided by {route['decided_by']} ({scores})"
+    top = ", ".join(f"{a} {s:.2f}" for a, s in route["top"])
+    why = {"cue": f" on the words {route['cue']!r}", "exemplar": f" (the taught question {route['exemplar']!r})"}
+    return (f"{route_line(route)} depth {route['depth']}, decided by {route['decided_by']}"
+            f"{why.get(route['decided_by'], '')}; best two: {top}")
 
 
 def cmd_personas(client: Client, args) -> Any:
