@@ -90,7 +90,8 @@ def test_ask_plans_delegates_weaves_and_keeps_the_conversation(image_path, mind_
             facet_request = ScriptedMind.requests[1][1]["messages"]
             assert "BRICK" in facet_request[0]["content"] and "plain facts" in facet_request[0]["content"]
             partner_prompt = ScriptedMind.requests[4][1]["messages"][-1]["content"]
-            assert "BRICK already answered this. Do not repeat BRICK" in partner_prompt
+            assert "What was said before you:\nBRICK: " + LEAD in partner_prompt  # the partner sees the lead's text
+            assert "Do not repeat or quote it" in partner_prompt
             compiled = {f["selector"]: f["compiled"] for p in c.call("personas") if p["name"] == "BRICK" for f in p["facets"]}
             assert compiled == {"tamland_facet_": True, "guide_facet_": True, "lego_batman_facet_": False}
             method_cycles = [x for x in c.call("cycles_list") if x["kind"] == "method"]
@@ -216,6 +217,43 @@ def test_the_quality_gate_revises_then_answers_plainly_and_fails_only_when_empty
         srv.stop()
 
 
+def test_a_partner_sees_the_leads_text_and_a_copy_of_it_is_revised_then_answered_without_it(image_path, mind_server):
+    copy = "As BRICK said: " + LEAD
+    answers(reply=[LEAD, copy, copy, PARTNER])
+    srv = uvm(image_path, mind_server).start()
+    try:
+        with srv.client(timeout=60) as c:
+            result = c.ask(TECHNICAL, depth="direct")
+            assert [t["text"] for t in result["turns"]] == [LEAD, PARTNER]
+            partner = cycle(c, result["turns"][1]["cycle"])
+            verdicts = [a["verdict"] for a in partner["attempts"]]
+            assert "repeats the turn before it" in verdicts[0] and "repeats the turn before it" in verdicts[1]
+            assert verdicts[2] == "passed"
+            prompts = [body["messages"][-1]["content"] for kind, body in ScriptedMind.requests if kind == "reply"][1:]
+            assert LEAD in prompts[0] and LEAD in prompts[1]
+            assert LEAD not in prompts[2] and "BRICK already answered this" in prompts[2]
+    finally:
+        srv.stop()
+
+
+def test_turns_caps_one_dialogue_and_a_bad_cap_is_refused_writing_nothing(image_path, mind_server):
+    answers(reply=(LEAD, PARTNER))
+    srv = uvm(image_path, mind_server).start()
+    try:
+        with srv.client(timeout=60) as c:
+            result = c.ask(TECHNICAL, depth="direct", turns=1)
+            assert [t["persona"] for t in result["turns"]] == ["BRICK"]
+            for bad in (0, 4, True, 1.5, "2"):
+                with pytest.raises(RemoteError) as caught:
+                    c.call("ask", question=TECHNICAL, turns=bad)
+                assert caught.value.code == "bad_request", bad
+            assert len(c.call("conversations_list")) == 1
+        out = run_cli("ask", TECHNICAL, "--depth", "direct", "--turns", "9", "--endpoint", srv.endpoint)
+        assert out.returncode != 0 and "turns must be a whole number from 1 to 3" in out.stderr
+    finally:
+        srv.stop()
+
+
 def test_robin_never_answers_with_a_list_or_code(image_path, mind_server):
     listed = "Here is what helps:\n1. Breathe slowly before you go in.\n2. Remember why they chose you."
     coded = "First days make everyone nervous:\n```python\nprint('nervous about the new job')\n```\nYou will be fine at the new job."
@@ -223,9 +261,15 @@ def test_robin_never_answers_with_a_list_or_code(image_path, mind_server):
     srv = uvm(image_path, mind_server).start()
     try:
         with srv.client(timeout=60) as c:
-            result = c.ask("I'm nervous about my first day at a new job.", persona="ROBIN", depth="direct")
+            events = []
+            result = c.ask("I'm nervous about my first day at a new job.", persona="ROBIN", depth="direct",
+                           on_event=events.append)
             robin = result["turns"][0]
             assert robin["persona"] == "ROBIN" and "```" not in robin["text"]
+            streamed = ""  # what a person watching saw of the last try: the kept text, not the list
+            for event in (e for e in events if e.get("cycle") == robin["cycle"]):
+                streamed = "" if event.get("state") == "SYNTHESIZING" else streamed + event.get("text", "")
+            assert streamed == robin["text"]
             assert not re.search(r"^\s*\d+[.)]", robin["text"], re.MULTILINE)
             assert "Breathe slowly before you go in." in robin["text"]
             verdicts = [a["verdict"] for a in cycle(c, robin["cycle"])["attempts"]]

@@ -188,7 +188,8 @@ class DialoguePrinter:
 def cmd_ask(client: Client, args) -> Any:
     printer = DialoguePrinter()
     result = client.ask(args.question, persona=args.persona, conversation=args.conversation, depth=args.depth,
-                        on_event=None if args.json else printer.on_event, timeout=max(args.timeout, ASK_TIMEOUT))
+                        turns=args.turns, on_event=None if args.json else printer.on_event,
+                        timeout=max(args.timeout, ASK_TIMEOUT))
     return result if args.json else printer.finish(result)
 
 
@@ -709,6 +710,8 @@ def build_parser() -> argparse.ArgumentParser:
                 sub.add_argument("--depth", choices=["auto", "direct", "facets"], default=None,
                                  help="facets: the lead plans and asks its facets; direct: it answers at once "
                                       "(default: the route decides)")
+                sub.add_argument("--turns", type=int, default=None, metavar="N",
+                                 help="at most N turns in this dialogue (1: the lead alone; default: BATOS_MAX_TURNS)")
             sub.add_argument("--persona", type=str.upper, choices=["BRICK", "ROBIN", "BABS", "ALFRED"],
                              help="who leads (default: the router chooses)")
         if name == "route":

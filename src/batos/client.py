@@ -112,9 +112,10 @@ def _send_fields(target: str, selector: str, args: tuple, kwargs: dict, intent: 
     return fields
 
 
-def _ask_fields(question: str, persona: str | None, conversation: str | None, depth: str | None) -> dict[str, Any]:
+def _ask_fields(question: str, persona: str | None, conversation: str | None, depth: str | None,
+                turns: int | None = None) -> dict[str, Any]:
     fields: dict[str, Any] = {"question": question}
-    for name, value in (("persona", persona), ("conversation", conversation), ("depth", depth)):
+    for name, value in (("persona", persona), ("conversation", conversation), ("depth", depth), ("turns", turns)):
         if value is not None:
             fields[name] = value
     return fields
@@ -194,11 +195,12 @@ class Client(_Calls):
 
     def ask(self, question: str, persona: str | None = None, conversation: str | None = None,
             stream: Callable[[str], None] | None = None, depth: str | None = None,
-            on_event: EventCallback | None = None, timeout: float | None = None) -> dict:
+            on_event: EventCallback | None = None, timeout: float | None = None, turns: int | None = None) -> dict:
         """Ask the personas: ``{"conversation", "route", "turns", "seconds"}``. ``stream`` gets each
-        piece of text as it is generated; ``on_event`` every event (turns, states, text)."""
+        piece of text as it is generated; ``on_event`` every event (turns, states, text); ``turns``
+        caps the dialogue below the server's BATOS_MAX_TURNS."""
         return self.call("ask", on_event=_text_events(stream, on_event), timeout=timeout,
-                         **_ask_fields(question, persona, conversation, depth))
+                         **_ask_fields(question, persona, conversation, depth, turns))
 
     def route(self, question: str) -> dict:
         """Who would answer ``question``: ``{"archetype", "lead", "partners", "scores", ...}``."""
@@ -378,9 +380,10 @@ class AsyncClient(_Calls):
 
     async def ask(self, question: str, persona: str | None = None, conversation: str | None = None,
                   stream: Callable[[str], None] | None = None, depth: str | None = None,
-                  on_event: EventCallback | None = None, timeout: float | None = None) -> dict:
+                  on_event: EventCallback | None = None, timeout: float | None = None,
+                  turns: int | None = None) -> dict:
         return await self.call("ask", on_event=_text_events(stream, on_event), timeout=timeout,
-                               **_ask_fields(question, persona, conversation, depth))
+                               **_ask_fields(question, persona, conversation, depth, turns))
 
     async def route(self, question: str) -> dict:
         return await self.call("route", question=question)

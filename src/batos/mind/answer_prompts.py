@@ -28,6 +28,15 @@ PARTNER_TASKS = {
 }
 CLOSING_TASK = "close the exchange with the one thing to do next, in one or two sentences"
 
+LIST_MARKER = re.compile(r"^[ \t]*(?:\d+[.)]|[-*•])[ \t]+", re.MULTILINE)  # never across lines: linear
+
+
+def as_prose(reply: str) -> str:
+    """``reply`` without its code blocks and list markers, its lines joined into sentences."""
+    text = re.sub(r"```.*?(```|$)", " ", reply, flags=re.DOTALL)
+    lines = [LIST_MARKER.sub("", line).strip() for line in text.splitlines()]
+    return " ".join(line if line.endswith((".", "!", "?", ":")) else line + "." for line in lines if line)
+
 
 def persona_system(persona: dict[str, Any]) -> str:
     """A persona's system prompt, from its codex slots (a missing slot is left out)."""
@@ -77,10 +86,12 @@ def facet_messages(system: str, sub_question: str, question: str) -> list[Messag
 def reply_messages(persona: dict[str, Any], question: str, context: list[dict[str, str]],
                    prior: list[dict[str, str]], notes: list[dict[str, str]], task: str | None,
                    revision: bool = False, grounding: list[dict[str, Any]] = (),
-                   looked_in_documents: bool = False) -> list[Message]:
+                   looked_in_documents: bool = False, plain: bool = False) -> list[Message]:
     """The persona's reply: to the question (direct), woven from its facets' notes, or, with
     ``task``, a partner's turn after the turns before it; ``grounding`` is what memory holds on it.
-    A persona that ``looked_in_documents`` and found nothing says its answer is its own knowledge."""
+    A persona that ``looked_in_documents`` and found nothing says its answer is its own knowledge.
+    A ``plain`` reply is the last try after the gate refused the others: a partner is then told who
+    answered, not what (the usual reason to refuse a partner is a copy of the turn before it)."""
     parts = [question]
     if looked_in_documents and not grounding:
         parts.append("(The person's notes hold nothing on this. Answer from general knowledge, and say in a "
@@ -95,13 +106,22 @@ def reply_messages(persona: dict[str, Any], question: str, context: list[dict[st
             + f"\nAnswer the question itself, correctly and practically, in your own voice and in at most "
               f"{REPLY_SENTENCES} sentences. Use a note only where it is true and helps the person; leave out "
               "invented names, gadgets and anything off the question.)")
-    if task and prior:  # who answered, not what: shown the lead's answer, the 1.5B model still copied it
-        who = " and ".join(dict.fromkeys(t["persona"] for t in prior[-2:]))
-        parts.append(f"({who} already answered this. Do not repeat {who}: {task}.)")
+    if task and prior:
+        parts.append(partner_part(prior, task, show_text=not plain))
     # A revision is sampled from the same prompt without the example (the usual reason to revise
     # is a copy of it, or a loop). The reason is not put in the prompt: a 0.5B model repeats it.
     return [*persona_messages(persona, with_example=not revision), *context_messages(context),
             {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def partner_part(prior: list[dict[str, str]], task: str, show_text: bool) -> str:
+    """What a partner is told of the turns before it: their text (clipped) or only who spoke."""
+    who = " and ".join(dict.fromkeys(t["persona"] for t in prior[-2:]))
+    if not show_text:
+        return f"({who} already answered this. Do not repeat {who}: {task}.)"
+    # as prose: shown a numbered list, a partner answers with one (ROBIN must not)
+    turns = "\n".join(f"{t['persona']}: {_clip(as_prose(t['text']), MAX_NOTE_CHARS)}" for t in prior[-2:])
+    return (f"(What was said before you:\n{turns}\nDo not repeat or quote it. In your own words, {task}.)")
 
 
 class PlanStep(BaseModel):

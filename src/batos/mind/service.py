@@ -76,6 +76,10 @@ class MindService:
         depth = fields.get("depth", "auto")
         if depth not in DEPTHS:
             raise BadRequest(f"depth must be one of {', '.join(DEPTHS)}, not {depth!r}")
+        max_turns = fields.get("turns", self.policy.max_turns)
+        if type(max_turns) is not int or not 1 <= max_turns <= self.policy.max_turns:
+            raise BadRequest(f"turns must be a whole number from 1 to {self.policy.max_turns} (BATOS_MAX_TURNS), "
+                             f"not {max_turns!r}")
         principal = context.request.principal
         if fields.get("conversation") is not None:
             await asyncio.to_thread(self.runner.read, lambda root: conversations.find(root, fields["conversation"], principal))
@@ -91,11 +95,11 @@ class MindService:
         self._live.add((conversation_id, exchange))
         try:
             speakers = [(route["lead"], "lead", route["depth"]), *((p, "partner", "direct") for p in route["partners"])]
-            for persona, role, turn_depth in speakers[:self.policy.max_turns]:
+            for persona, role, turn_depth in speakers[:max_turns]:
                 turns.append(await self._turn(conversation_id, exchange, persona, role, turn_depth, turns, context.emit))
                 if turns[-1]["state"] != "COMPLETE":
                     break
-            if (len(turns) < self.policy.max_turns and turns[-1]["state"] == "COMPLETE"
+            if (len(turns) < max_turns and turns[-1]["state"] == "COMPLETE"
                     and all(t["persona"] != "ALFRED" for t in turns) and await self._needs_steward(question, turns)):
                 turns.append(await self._turn(conversation_id, exchange, "ALFRED", "closer", "direct", turns, context.emit))
         except BaseException:

@@ -43,8 +43,8 @@ from batos.image.values import to_plain
 from batos.llm.embeddings import Embedder
 from batos.llm.generation import BackendError
 from batos.mind import conversations
-from batos.mind.answer_prompts import (CLOSING_TASK, PARTNER_TASKS, BadPlan, facet_messages, parse_plan,
-                                       persona_system, plan_messages, reply_messages)
+from batos.mind.answer_prompts import (CLOSING_TASK, LIST_MARKER, PARTNER_TASKS, BadPlan, as_prose, facet_messages,
+                                       parse_plan, persona_system, plan_messages, reply_messages)
 from batos.mind.codex import persona_root_name
 from batos.mind.cycle import STATE_SLOT, CycleRunner, bounded, is_facet, state_of
 from batos.principals import OWNER
@@ -66,7 +66,7 @@ class AnswerPolicy:
     min_reply_words: int = 3
     on_topic_similarity: float = 0.1
     leak_words: int = 8  # this many words in a row from the prompt's instructions is a leak
-    repeat_words: int = 12  # this many words in a row from an earlier turn is a repeat
+    repeat_words: int = 10  # this many words in a row from an earlier turn is a repeat
     prose_only: tuple[str, ...] = ("ROBIN",)  # personas whose codex says: never code or lists
 
 
@@ -250,9 +250,14 @@ class SynapticCycle:
         task = {"lead": None, "partner": PARTNER_TASKS.get(job["persona"]["name"]), "closer": CLOSING_TASK}[job["role"]]
         messages = reply_messages(job["persona"], job["question"], job["context"], job["prior"], notes, task,
                                   revision=job["iteration"] > 1, grounding=job["grounding"],
-                                  looked_in_documents=GROUNDED.get(job["persona"]["name"]) == "documents")
+                                  looked_in_documents=GROUNDED.get(job["persona"]["name"]) == "documents",
+                                  plain=self._plain_fallback(job))
         started = time.perf_counter()
-        text = ReplyText(job["persona"]["name"], self.runner.streams.get(cycle_id), self.policy.reply_tokens)
+        # A prose-only persona's last try may be cleaned by the gate: it is sent whole from there,
+        # so that what streamed is what is kept.
+        held = self._plain_fallback(job) and job["persona"]["name"] in self.policy.prose_only
+        text = ReplyText(job["persona"]["name"], None if held else self.runner.streams.get(cycle_id),
+                         self.policy.reply_tokens)
         try:
             answer = self._generate(messages, job, self.policy.reply_tokens, retry=job["iteration"] - 1, stream=text.feed)
         except BackendError as exc:
@@ -283,6 +288,9 @@ class SynapticCycle:
         if fallback and verdict is not None and reply.strip():
             # the plain answer after the revisions is kept even if imperfect: a person asked
             verdict, kept_despite = None, verdict
+        forward = self.runner.streams.get(cycle_id)
+        if fallback and verdict is None and job["persona"]["name"] in self.policy.prose_only and forward:
+            forward(reply)  # held back while it was made (see weave)
 
         def record(root, cycle):
             s = cycle._slots
@@ -452,9 +460,6 @@ class FacetUnavailable:
     reason: str
 
 
-LIST_MARKER = re.compile(r"^[ \t]*(?:\d+[.)]|[-*•])[ \t]+", re.MULTILINE)  # never across lines: linear
-
-
 def not_prose(reply: str) -> str | None:
     """Why ``reply`` is not plain talk (code, or a list of two or more lines), or None."""
     if "```" in reply:
@@ -462,13 +467,6 @@ def not_prose(reply: str) -> str | None:
     if len(LIST_MARKER.findall(reply)) >= 2:
         return "the reply is a list; answer in two to four plain sentences, without a list"
     return None
-
-
-def as_prose(reply: str) -> str:
-    """``reply`` without its code blocks and list markers, its lines joined into sentences."""
-    text = re.sub(r"```.*?(```|$)", " ", reply, flags=re.DOTALL)
-    lines = [LIST_MARKER.sub("", line).strip() for line in text.splitlines()]
-    return " ".join(line if line.endswith((".", "!", "?", ":")) else line + "." for line in lines if line)
 
 
 def repeated_sentence(reply: str) -> str | None:
