@@ -36,12 +36,13 @@ $(STAMP): requirements.lock pyproject.toml
 run: install
 	$(BIN)/batos run
 
-# Two workers: most tests wait on servers and subprocesses; see tests/conftest.py for the grouping.
+# Two workers: most tests wait on servers and subprocesses; tests/conftest.py schedules them (a file
+# stays on one worker; every file with a real model on the same one).
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 test-fast: install
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadscope -m "not slow"
 
 bench: install
 	$(BIN)/python bench/kernel.py

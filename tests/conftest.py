@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -91,21 +93,33 @@ class Server:
         self.process.wait()
 
 
-# `make test` runs two pytest workers (pytest-xdist, --dist loadgroup). Each file stays on one
-# worker, so the servers a module shares start once; every file that loads a real model goes to
-# the same worker, so the model caches of the session are made once and two models never decode
-# at the same time.
-MODEL_FIXTURES = {"model_cache", "standard_model_cache", "gguf_model_file", "plain_model_folder", "adapters"}
+# `make test` runs two pytest workers (pytest-xdist). Each file stays on one worker, so the servers
+# a module shares start once; every file that loads a real model goes to the same worker, so the
+# model caches and the session's model fixtures are made once and two models never decode at the
+# same time. (xdist's own `xdist_group` marks do nothing on pytest 9.2: its worker renames a node's
+# `_nodeid`, which pytest 9.2 no longer reads, so each file was split over both workers and the
+# standard model's quality fixture ran twice. Hence a scheduler of our own.)
+MODEL_FIXTURES = ("model_cache", "standard_model_cache", "gguf_model_file", "plain_model_folder", "adapters")
+TESTS = Path(__file__).parent
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    by_file: dict[str, list] = {}
-    for item in items:
-        by_file.setdefault(item.path.name, []).append(item)
-    for name, file_items in by_file.items():
-        group = "real-model" if any(MODEL_FIXTURES & set(item.fixturenames) for item in file_items) else name
-        for item in file_items:
-            item.add_marker(pytest.mark.xdist_group(group))
+@functools.cache
+def file_group(path: str) -> str:
+    """The worker group of a test file: ``real-model`` if it names a model fixture, else the file."""
+    text = (TESTS.parent / path).read_text() if (TESTS.parent / path).is_file() else ""
+    return "real-model" if any(re.search(rf"\b{name}\b", text) for name in MODEL_FIXTURES) else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        """xdist's scope scheduling (largest groups first), with our groups as the scopes."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return file_group(nodeid.split("::", 1)[0])
+
+    return ByGroup(config, log)
 
 
 @pytest.fixture
