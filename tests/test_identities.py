@@ -469,3 +469,16 @@ def test_a_users_lexical_scores_do_not_depend_on_other_users_documents(tmp_path)
         assert scores() == before and before[0] == before[2]
     finally:
         srv.stop()
+
+
+def test_a_user_learns_that_a_route_matched_a_taught_question_but_not_its_text(keyed):
+    """Review finding: `route` returned the taught exemplar's text to anyone who paraphrased it, and
+    taught texts are often other people's questions."""
+    srv, keys = keyed
+    taught = "Find what my notes say about Alice Smith's divorce settlement amount"
+    with keys.client(srv, keys.root) as admin:
+        admin.call("route_teach", text=taught, archetype="emotional")
+        assert admin.route(taught)["exemplar"] == taught
+    with keys.client(srv, keys.alice) as alice:
+        route = alice.route(taught)
+    assert route["decided_by"] == "exemplar" and route["exemplar"] is None

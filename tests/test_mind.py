@@ -90,7 +90,7 @@ def test_ask_plans_delegates_weaves_and_keeps_the_conversation(image_path, mind_
             facet_request = ScriptedMind.requests[1][1]["messages"]
             assert "BRICK" in facet_request[0]["content"] and "plain facts" in facet_request[0]["content"]
             partner_prompt = ScriptedMind.requests[4][1]["messages"][-1]["content"]
-            assert "What was said before you:\nBRICK: " + LEAD in partner_prompt  # the partner sees the lead's text
+            assert "BRICK said: <<" + LEAD + ">>" in partner_prompt  # the partner sees the lead's text
             assert "Do not repeat or quote it" in partner_prompt
             compiled = {f["selector"]: f["compiled"] for p in c.call("personas") if p["name"] == "BRICK" for f in p["facets"]}
             assert compiled == {"tamland_facet_": True, "guide_facet_": True, "lego_batman_facet_": False}

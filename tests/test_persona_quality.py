@@ -111,7 +111,7 @@ def test_a_partner_sees_the_leads_answer_and_adds_to_it_without_copying(answers)
         lead, partner = results[question]["turns"]
         print(f"{lead['persona']}: {lead['text'][:300]!r}\n  {partner['persona']}: {partner['text'][:300]!r}")
         assert partner["state"] == "COMPLETE" and len(partner["text"].split()) >= 3, partner
-        assert "What was said before you:" in partner["prompts"][0]  # the lead's words, not only its name
+        assert f"{lead['persona']} said: <<" in partner["prompts"][0]  # the lead's words, not only its name
         if partner["persona"] == "ROBIN":
             assert "```" not in partner["text"] and len(re.findall(r"^\s*(?:\d+[.)]|[-*•])\s+", partner["text"], re.M)) < 2
         if run := shared_run(partner["text"], lead["text"], REPEAT_WORDS):

@@ -3,6 +3,7 @@ does, and no model call for a clear-cut question."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import statistics
 from pathlib import Path
@@ -255,3 +256,24 @@ def test_an_image_from_before_the_new_seeds_gets_them_and_keeps_what_was_taught(
     assert len(known) == len(seeds) + 1 and len(set(known)) == len(known)
     assert ("Sing me the ballad of the pelicans.", "system") in known
     assert {(e["text"], e["archetype"]) for e in seeds} <= set(known)
+
+
+def test_a_teach_embeds_its_exemplar_so_the_next_route_does_not(image_path):
+    """Review finding: taught exemplars were embedded by the next route, anyone's (65 s after
+    1,890 teaches), and routes at the same time each embedded them again."""
+    srv = Server(image_path).start()
+    try:
+        with srv.client(timeout=60) as c:
+            c.route("warm up")
+            embedded = c.stats()["router"]["exemplars_embedded"]
+            for i in range(40):
+                c.call("route_teach", text=f"Question {i} about the herons of the northern lake?", archetype="factual")
+            assert c.stats()["router"]["exemplars_embedded"] == embedded + 40  # before any route
+            def route(question: str) -> dict:
+                with srv.client(timeout=60) as own:
+                    return own.route(question)
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:  # three routes, one training
+                list(pool.map(route, ["How do I fix a leaking tap?"] * 3))
+            assert c.stats()["router"]["head_trainings"] == 2
+    finally:
+        srv.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,6 +89,7 @@ class Router:
         self.tie_breaker = tie_breaker
         self._vectors: dict[str, np.ndarray] = {}  # exemplar text -> its embedding
         self._head: tuple[tuple, "LinearHead"] | None = None  # (the exemplars it learned, the head)
+        self._learning = threading.Lock()  # routes at once share one embedding and one training
         self.model_calls = 0
         self.head_trainings = 0
 
@@ -98,8 +100,8 @@ class Router:
     def route(self, question: str, lead: str | None = None, tie_break: bool = True) -> dict:
         """``{"archetype", "lead", "partners", "scores", "decided_by", "top", "cue", "exemplar",
         "depth"}``: ``decided_by`` is ``exemplar`` (a known question), ``embeddings`` (the head),
-        ``cue`` or ``model`` (the head was unsure); ``top`` the two best archetypes with their
-        scores. ``lead`` forces the lead persona (the partners still follow the archetype); without
+        ``cue`` or ``model`` (the head was unsure; a taught exemplar outranks the cues); ``top`` the
+        two best archetypes with their scores; ``exemplar`` the taught text matched. ``lead`` forces the lead persona (the partners still follow the archetype); without
         ``tie_break`` the model is never asked."""
         scores, nearest = self._score(question)
         ranked = sorted(scores, key=scores.get, reverse=True)
@@ -149,8 +151,17 @@ class Router:
             nearest = exemplars[int(np.argmax(similarities))]
         return head.probabilities(query), nearest
 
+    def learn(self, text: str) -> None:
+        """Embed a newly taught exemplar now (so the next route, anyone's, does not)."""
+        with self._learning:
+            self._embed_new([text])
+
     def _current_head(self, exemplars: list[Exemplar]) -> "LinearHead":
         key = tuple((e.text, e.archetype) for e in exemplars)
+        with self._learning:
+            return self._train_if_changed(exemplars, key)
+
+    def _train_if_changed(self, exemplars: list[Exemplar], key: tuple) -> "LinearHead":
         if self._head is None or self._head[0] != key:
             self._embed_new([e.text for e in exemplars])
             known = self._head[0] if self._head else ()

@@ -178,7 +178,10 @@ class MindService:
     # --- routing --------------------------------------------------------------------------------
 
     async def op_route(self, fields: dict, context: Any) -> dict[str, Any]:
-        return await asyncio.to_thread(self.router.route, self.check_question(fields["question"]))
+        route = await asyncio.to_thread(self.router.route, self.check_question(fields["question"]))
+        if not context.request.principal.is_admin:  # a taught text may be another person's question
+            route["exemplar"] = None
+        return route
 
     async def op_route_teach(self, fields: dict, context: Any) -> dict[str, Any]:
         exemplar = check_exemplar(fields["text"], fields["archetype"])
@@ -188,7 +191,9 @@ class MindService:
             if count is None:
                 raise TooLarge(f"the router already holds {MAX_EXEMPLARS} exemplars")
             return count
-        return {"exemplars": await asyncio.to_thread(self.runner.transact, teach), "archetype": exemplar.archetype}
+        count = await asyncio.to_thread(self.runner.transact, teach)
+        await asyncio.to_thread(self.router.learn, exemplar.text)  # embedded now, not by the next route
+        return {"exemplars": count, "archetype": exemplar.archetype}
 
     # --- personas and conversations ---------------------------------------------------------------
 

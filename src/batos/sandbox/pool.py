@@ -11,6 +11,7 @@ capability, no ``no_new_privs``, no seccomp filter) is refused before it serves 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -115,7 +116,8 @@ def start_worker(limits: SandboxLimits, argv: tuple[str, ...] = ("-m", "batos.sa
         os.close(ready_write)
         # The worker keeps the removed folder as its working directory: nothing can be made in it,
         # and nothing is left in /tmp when the UVM is killed.
-        os.rmdir(folder)
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
     channel = Channel(os.dup(process.stdout.fileno()), os.dup(process.stdin.fileno()), limits.max_frame)
     process.stdout.close()
     process.stdin.close()
