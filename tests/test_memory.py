@@ -281,11 +281,17 @@ def test_ask_grounds_babs_in_an_ingested_document_and_robin_in_past_turns(tmp_pa
             prompt = next(body for kind, body in ScriptedMind.requests if kind == "reply")["messages"][-1]["content"]
             assert "memory-mapped without a copy" in prompt and "storage-notes.md" in prompt
             assert "Tomatoes" not in prompt  # an unrelated document is not offered
-            assert "general knowledge" not in prompt
+            assert "general knowledge" not in prompt and "General knowledge" not in babs["text"]
             ScriptedMind.requests.clear()
-            client.ask("What is the boiling point of water on Mount Everest?", persona="BABS", depth="direct")
+            events = []
+            everest = client.ask("What is the boiling point of water on Mount Everest?", persona="BABS", depth="direct",
+                                 on_event=events.append)
             prompt = next(body for kind, body in ScriptedMind.requests if kind == "reply")["messages"][-1]["content"]
-            assert "notes hold nothing on this" in prompt and "general knowledge" in prompt  # BABS says so
+            assert "notes hold nothing on this" in prompt and "general knowledge" in prompt  # BABS is told to say so
+            babs = everest["turns"][0]  # and whatever the model says, the person is told
+            assert babs["text"].endswith(" (General knowledge, not from your notes.)") and babs["sources"] == []
+            streamed = "".join(e["text"] for e in events if e.get("cycle") == babs["cycle"] and "text" in e)
+            assert streamed == babs["text"]
             ScriptedMind.requests.clear()
             shown = client.call("conversation_show", conversation=answer["conversation"])
             assert shown["exchanges"][0]["turns"][0]["sources"] == [str(notes)]

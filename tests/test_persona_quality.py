@@ -93,6 +93,8 @@ def test_facts_with_known_answers_are_mostly_right(answers):
     _, results = answers
     right = [q for q, pattern in KNOWN_ANSWERS.items() if re.search(pattern, results[q]["turns"][0]["text"])]
     print(f"factual: {len(right)} of {len(KNOWN_ANSWERS)} right")
+    babs = [results[q]["turns"][0] for q in KNOWN_ANSWERS if results[q]["turns"][0]["persona"] == "BABS"]
+    assert babs and all("general knowledge" in turn["text"].lower() for turn in babs)  # no notes: she says so
     assert len(right) >= len(KNOWN_ANSWERS) - 1, {q: results[q]["turns"][0]["text"] for q in KNOWN_ANSWERS}
 
 

@@ -89,6 +89,8 @@ def persona_codex(persona: UvmObject) -> dict[str, Any]:
 
 Recall = Callable[..., list[dict[str, Any]]]  # (question, "documents" | "turns", excluding=prefix) -> hits
 GROUNDED = {"BABS": "documents", "ROBIN": "turns"}  # who looks in memory, and in which part
+GENERAL_KNOWLEDGE = "(General knowledge, not from your notes.)"
+SAYS_GENERAL_KNOWLEDGE = re.compile(r"general knowledge|not (?:from|in) your (?:notes|documents)", re.I)
 GROUNDING_HITS = 3
 MAX_GROUNDING_CHARS = 600
 
@@ -291,6 +293,10 @@ class SynapticCycle:
         forward = self.runner.streams.get(cycle_id)
         if fallback and verdict is None and job["persona"]["name"] in self.policy.prose_only and forward:
             forward(reply)  # held back while it was made (see weave)
+        if verdict is None and self._from_general_knowledge(job) and not SAYS_GENERAL_KNOWLEDGE.search(reply):
+            reply = f"{reply.rstrip()} {GENERAL_KNOWLEDGE}"  # the model, told to say so, mostly does not
+            if forward:
+                forward(f" {GENERAL_KNOWLEDGE}")
 
         def record(root, cycle):
             s = cycle._slots
@@ -353,6 +359,10 @@ class SynapticCycle:
                 "prior": to_plain(s["prior"]), "plan": to_plain(s["plan"]), "plan_attempts": s["plan_attempts"],
                 "facet_answers": to_plain(s["facet_answers"]), "reply": s["reply"], "iteration": s["iteration"],
                 "attempts": [dict(a) for a in s["attempts"]], "grounding": to_plain(s.get("grounding") or [])}
+
+    def _from_general_knowledge(self, job: dict) -> bool:
+        """Whether this reply is from a persona who looks in the person's documents and found nothing."""
+        return GROUNDED.get(job["persona"]["name"]) == "documents" and not job["grounding"]
 
     def _plain_fallback(self, job: dict) -> bool:
         """Whether this reply is the last try: a plain answer after the revisions failed the gate."""
