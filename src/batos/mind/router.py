@@ -88,21 +88,19 @@ class Router:
         self.exemplars = exemplars
         self.tie_breaker = tie_breaker
         self._vectors: dict[str, np.ndarray] = {}  # exemplar text -> its embedding
-        self._head: tuple[tuple, "LinearHead"] | None = None  # (the exemplars it learned, the head)
+        # (the exemplars it learned, the head, their embeddings as one matrix)
+        self._head: tuple[tuple, LinearHead, np.ndarray] | None = None
         self._learning = threading.Lock()  # routes at once share one embedding and one training
         self.model_calls = 0
         self.head_trainings = 0
-
-    def scores(self, question: str) -> dict[str, float]:
-        """Each archetype's probability for ``question``, by the head."""
-        return self._score(question)[0]
 
     def route(self, question: str, lead: str | None = None, tie_break: bool = True) -> dict:
         """``{"archetype", "lead", "partners", "scores", "decided_by", "top", "cue", "exemplar",
         "depth"}``: ``decided_by`` is ``exemplar`` (a known question), ``embeddings`` (the head),
         ``cue`` or ``model`` (the head was unsure; a taught exemplar outranks the cues); ``top`` the
-        two best archetypes with their scores; ``exemplar`` the taught text matched. ``lead`` forces the lead persona (the partners still follow the archetype); without
-        ``tie_break`` the model is never asked."""
+        two best archetypes with their scores; ``exemplar`` the taught text matched. ``lead`` forces
+        the lead persona (the partners still follow the archetype); without ``tie_break`` the model
+        is never asked."""
         scores, nearest = self._score(question)
         ranked = sorted(scores, key=scores.get, reverse=True)
         archetype, decided_by, cue = ranked[0], "embeddings", None
@@ -142,9 +140,9 @@ class Router:
         exemplars = self.exemplars()
         if not exemplars:
             raise BadRequest("the router has no exemplars; add some with `batos route --teach`")
-        head = self._current_head(exemplars)
+        head, matrix = self._current_head(exemplars)
         query = self.embedder.encode_query(question)
-        similarities = np.stack([self._vectors[e.text] for e in exemplars]) @ query
+        similarities = matrix @ query
         close = [exemplars[i] for i in np.flatnonzero(similarities >= EXEMPLAR_MATCH)]
         nearest = None
         if close and len({e.archetype for e in close}) == 1:
@@ -156,21 +154,18 @@ class Router:
         with self._learning:
             self._embed_new([text])
 
-    def _current_head(self, exemplars: list[Exemplar]) -> "LinearHead":
+    def _current_head(self, exemplars: list[Exemplar]) -> tuple[LinearHead, np.ndarray]:
+        """The head for ``exemplars`` and their embeddings, trained again only when they changed."""
         key = tuple((e.text, e.archetype) for e in exemplars)
         with self._learning:
-            return self._train_if_changed(exemplars, key)
-
-    def _train_if_changed(self, exemplars: list[Exemplar], key: tuple) -> "LinearHead":
-        if self._head is None or self._head[0] != key:
-            self._embed_new([e.text for e in exemplars])
-            known = self._head[0] if self._head else ()
-            start = self._head[1] if known and key[:len(known)] == known else None  # exemplars were added
-            head = LinearHead.train(np.stack([self._vectors[e.text] for e in exemplars]),
-                                    [e.archetype for e in exemplars], start)
-            self._head = (key, head)
-            self.head_trainings += 1
-        return self._head[1]
+            if self._head is None or self._head[0] != key:
+                self._embed_new([e.text for e in exemplars])
+                known = self._head[0] if self._head else ()
+                start = self._head[1] if known and key[:len(known)] == known else None  # exemplars were added
+                matrix = np.stack([self._vectors[e.text] for e in exemplars]).astype(np.float32)
+                self._head = (key, LinearHead.train(matrix, [e.archetype for e in exemplars], start), matrix)
+                self.head_trainings += 1
+            return self._head[1], self._head[2]
 
     def _embed_new(self, texts: list[str]) -> None:
         new = [t for t in dict.fromkeys(texts) if t not in self._vectors]

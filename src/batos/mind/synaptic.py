@@ -255,11 +255,8 @@ class SynapticCycle:
                                   looked_in_documents=GROUNDED.get(job["persona"]["name"]) == "documents",
                                   plain=self._plain_fallback(job))
         started = time.perf_counter()
-        # A prose-only persona's last try may be cleaned by the gate: it is sent whole from there,
-        # so that what streamed is what is kept.
-        held = self._plain_fallback(job) and job["persona"]["name"] in self.policy.prose_only
-        text = ReplyText(job["persona"]["name"], None if held else self.runner.streams.get(cycle_id),
-                         self.policy.reply_tokens)
+        forward = None if self._sent_whole(job) else self.runner.streams.get(cycle_id)
+        text = ReplyText(job["persona"]["name"], forward, self.policy.reply_tokens)
         try:
             answer = self._generate(messages, job, self.policy.reply_tokens, retry=job["iteration"] - 1, stream=text.feed)
         except BackendError as exc:
@@ -290,13 +287,12 @@ class SynapticCycle:
         if fallback and verdict is not None and reply.strip():
             # the plain answer after the revisions is kept even if imperfect: a person asked
             verdict, kept_despite = None, verdict
-        forward = self.runner.streams.get(cycle_id)
-        if fallback and verdict is None and job["persona"]["name"] in self.policy.prose_only and forward:
-            forward(reply)  # held back while it was made (see weave)
         if verdict is None and self._from_general_knowledge(job) and not SAYS_GENERAL_KNOWLEDGE.search(reply):
             reply = f"{reply.rstrip()} {GENERAL_KNOWLEDGE}"  # the model, told to say so, mostly does not
-            if forward:
-                forward(f" {GENERAL_KNOWLEDGE}")
+        forward = self.runner.streams.get(cycle_id)
+        streamed = "" if self._sent_whole(job) else job["reply"] or ""
+        if verdict is None and forward and reply.startswith(streamed) and len(reply) > len(streamed):
+            forward(reply[len(streamed):])  # what the gate added: the person sees what is kept
 
         def record(root, cycle):
             s = cycle._slots
@@ -359,6 +355,11 @@ class SynapticCycle:
                 "prior": to_plain(s["prior"]), "plan": to_plain(s["plan"]), "plan_attempts": s["plan_attempts"],
                 "facet_answers": to_plain(s["facet_answers"]), "reply": s["reply"], "iteration": s["iteration"],
                 "attempts": [dict(a) for a in s["attempts"]], "grounding": to_plain(s.get("grounding") or [])}
+
+    def _sent_whole(self, job: dict) -> bool:
+        """Whether the reply streams only once the gate has kept it: a prose-only persona's last
+        try, which the gate may turn into sentences."""
+        return self._plain_fallback(job) and job["persona"]["name"] in self.policy.prose_only
 
     def _from_general_knowledge(self, job: dict) -> bool:
         """Whether this reply is from a persona who looks in the person's documents and found nothing."""
