@@ -51,6 +51,7 @@ from batos.kernel.workers import WorkerPool
 from batos.sandbox import SandboxLimits, SandboxPool
 
 log = logging.getLogger(__name__)
+EMBEDDINGS_JOIN_SECONDS = 120  # at stop, the start's embedding and router warm-up may finish this long
 message_log = logging.getLogger(MESSAGES_LOGGER)
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
@@ -125,6 +126,7 @@ class UVM:
         self.mind: MindService | None = None
         self.memory: MemoryService | None = None
         self.router: Router | None = None
+        self._embeddings_loader: threading.Thread | None = None
         self.embedder = Embedder()
         self._reader: tuple[transaction.TransactionManager, Any] | None = None
         self.started_at = time.time()
@@ -198,7 +200,9 @@ class UVM:
             if self.on_ready is not None:
                 self.on_ready(self.bridge.bound_endpoint)
             threading.Thread(target=self.core.awaken, name="batos-awaken", daemon=True).start()
-            threading.Thread(target=self._load_embeddings, name="batos-embeddings", daemon=True).start()
+            self._embeddings_loader = threading.Thread(target=self._load_embeddings, name="batos-embeddings",
+                                                       daemon=True)
+            self._embeddings_loader.start()
             if self.settings.llm != "none":
                 self.cycles.start()  # without a model, interrupted cycles wait for a UVM that has one
             await self._stopping.wait()
@@ -240,6 +244,9 @@ class UVM:
                 await step
             except Exception:
                 log.exception("shutdown step %r failed", name)
+        if self._embeddings_loader is not None:
+            # torch still embedding on a thread the interpreter tears down aborts the process (-6)
+            self._embeddings_loader.join(EMBEDDINGS_JOIN_SECONDS)
         for name, close in (
             ("workers", lambda: self.pool and self.pool.stop(self.settings.drain_seconds)),
             ("bridge", lambda: self.bridge and self.bridge.close()),

@@ -93,6 +93,7 @@ class Router:
         self._learning = threading.Lock()  # routes at once share one embedding and one training
         self.model_calls = 0
         self.head_trainings = 0
+        self.warmed = False
 
     def route(self, question: str, lead: str | None = None, tie_break: bool = True) -> dict:
         """``{"archetype", "lead", "partners", "scores", "decided_by", "top", "cue", "exemplar",
@@ -126,13 +127,14 @@ class Router:
 
     def stats(self) -> dict:
         return {"exemplars_embedded": len(self._vectors), "model_calls": self.model_calls,
-                "head_trainings": self.head_trainings}
+                "head_trainings": self.head_trainings, "warm": self.warmed}
 
     def warm(self) -> None:
         """Embed the exemplars, train the head and embed a first query now, so that the first
         route costs what later ones do."""
         self._current_head(self.exemplars())
         self.embedder.encode_query("warming up")
+        self.warmed = True
 
     def _score(self, question: str) -> tuple[dict[str, float], Exemplar | None]:
         """The head's probabilities, and the exemplar whose text ``question`` nearly is (when
